@@ -1,0 +1,54 @@
+"""Load vitmemad checkpoints safely (``weights_only=True``) and check what is inside.
+
+A checkpoint carries the resolved run config under ``hyper_parameters.cfg``, so eval, predict and
+export need nothing but its path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated files, pickles that need arbitrary code, ...
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from err
+    cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") if isinstance(ckpt, dict) else None
+    if not isinstance(cfg, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a vitmemad checkpoint: expected 'state_dict' and 'hyper_parameters.cfg' entries"
+        )
+    return ckpt
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Like ``load_state_dict(strict=True)`` but the error names every mismatched key and shape."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if own[k].shape != state_dict[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:10]}")
+        raise CheckpointError(f"checkpoint {source} does not fit the configured model: " + "; ".join(parts))
+    module.load_state_dict(state_dict)

@@ -1,0 +1,53 @@
+"""`python -m vitmemad.eval ckpt_path=PATH [overrides]`: test a checkpoint, write metrics.json."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from vitmemad import pipeline
+from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
+from vitmemad.models.lightning_module import AnomalyModule
+
+log = logging.getLogger(__name__)
+OVERRIDABLE = ("data", "anomaly_map", "metrics")
+
+
+def apply_overrides(run_cfg: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """Replace the checkpoint's values by the non-null keys the user gave on the command line."""
+    for section in OVERRIDABLE:
+        given = OmegaConf.to_container(cfg.get(section) or {}, resolve=True)
+        run_cfg.setdefault(section, {}).update({k: v for k, v in given.items() if v is not None})
+    return run_cfg
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    run_cfg = apply_overrides(ckpt["hyper_parameters"]["cfg"], cfg)
+    L.seed_everything(run_cfg.get("seed", 0), workers=True)
+    pipeline.configure_threads(cfg.get("num_threads"))
+    module = AnomalyModule(run_cfg)
+    load_state_dict_strict(module, ckpt["state_dict"], cfg.ckpt_path)
+    datamodule = pipeline.build_datamodule(run_cfg["data"])
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, max_epochs=1)
+    trainer.test(module, datamodule=datamodule)
+    record = pipeline.metrics_record(
+        run_cfg, module, epochs=int(ckpt.get("epoch", -1)) + 1, train_seconds=None, ckpt_path=str(Path(cfg.ckpt_path).resolve())
+    )
+    pipeline.write_test_outputs(output_dir, record, module)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

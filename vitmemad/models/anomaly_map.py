@@ -1,0 +1,48 @@
+"""Anomaly maps from reconstruction error, smoothed and brought to the mask's resolution.
+
+The map is the per-pixel L2 error (mean over channels), the 1 - SSIM map, or their sum; it is
+smoothed with a Gaussian (paper sec. 4.2, post-processing) and resized to the ground-truth size.
+The image score is the map's maximum, as MVTec's official evaluation takes it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from torch import nn
+
+from .loss import ssim_map
+
+SOURCES = ("l2", "ssim", "both")
+
+
+class AnomalyMapGenerator(nn.Module):
+    def __init__(self, source: str = "l2", sigma: float = 4.0, ssim_window: int = 11) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"anomaly_map.source must be one of {SOURCES}, got {source!r}")
+        if sigma < 0:
+            raise ValueError(f"anomaly_map.sigma must be >= 0, got {sigma}")
+        self.source = source
+        self.sigma = float(sigma)
+        self.ssim_window = ssim_window
+
+    def forward(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, H, W) float32 anomaly map at the model's resolution."""
+        x, reconstruction = x.float(), reconstruction.float()
+        maps = torch.zeros_like(x[:, 0])
+        if self.source in ("l2", "both"):
+            maps = maps + ((x - reconstruction) ** 2).mean(dim=1)
+        if self.source in ("ssim", "both"):
+            maps = maps + (1.0 - ssim_map(x, reconstruction, self.ssim_window)).mean(dim=1)
+        if self.sigma > 0:
+            ksize = 2 * int(4.0 * self.sigma + 0.5) + 1
+            maps = gaussian_blur2d(maps[:, None], (ksize, ksize), (self.sigma, self.sigma), border_type="reflect")[:, 0]
+        return maps
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, H, W) maps to ``size`` = (H0, W0); a no-op when sizes agree."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,43 @@
+"""Build the torch model named by the resolved config (model group + ablation group)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from .cae import ConvAutoencoder
+from .vitmemad import ViTMemAE
+
+MODEL_KINDS = ("vitmemad", "cae")
+
+
+def has_ablation(model_cfg: Mapping[str, Any]) -> bool:
+    """Only the ViT model has memory / coordinate-attention switches."""
+    return model_cfg["kind"] == "vitmemad"
+
+
+def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
+    """``ablation`` is the ablation group's node: ``{name, memory: bool, coord_attention: bool}``."""
+    kind = model_cfg["kind"]
+    if kind == "cae":
+        return ConvAutoencoder(image_size, model_cfg["latent_dim"], model_cfg["width"])
+    if kind != "vitmemad":
+        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {kind!r}")
+    use_memory, use_ca = bool(ablation["memory"]), bool(ablation["coord_attention"])
+    enc, mem, ca = model_cfg["encoder"], model_cfg["memory"], model_cfg["coord_attention"]
+    return ViTMemAE(
+        image_size=image_size,
+        patch_size=enc["patch_size"],
+        embed_dim=enc["embed_dim"],
+        depth=enc["depth"],
+        num_heads=enc["num_heads"],
+        mlp_ratio=enc["mlp_ratio"],
+        use_memory=use_memory,
+        memory_size=mem["size"],
+        memory_temperature=mem["temperature"],
+        memory_addressing=mem["addressing"],
+        memory_shrink_threshold=mem.get("shrink_threshold"),
+        use_coord_attention=use_ca,
+        ca_reduction=ca["reduction"],
+        decoder_channels=tuple(model_cfg["decoder"]["channels"]),
+    )

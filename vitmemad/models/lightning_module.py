@@ -1,0 +1,186 @@
+"""One LightningModule around any reconstruction model (ViT+M+CA, its ablations, the CAE).
+
+Training minimises the paper's loss on normal images; validation computes the same loss on a
+held-out set of normal *training* images (never the test set); testing scores every test image
+and accumulates the exact metrics of ``vitmemad.metrics``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
+
+from .anomaly_map import AnomalyMapGenerator, resize_maps
+from .factory import build_model, has_ablation
+from .loss import ReconstructionLoss
+
+log = logging.getLogger(__name__)
+
+NUM_EXAMPLES = 8
+
+
+class AnomalyModule(L.LightningModule):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        """``cfg`` is the fully resolved run config as plain containers; it is saved in checkpoints."""
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        model_cfg = cfg["model"]
+        self.model = build_model(model_cfg, int(cfg["data"]["image_size"]), cfg.get("ablation"))
+        self.uses_ablation = has_ablation(model_cfg)
+        self.criterion = ReconstructionLoss(**cfg["loss"])
+        self.anomaly_map = AnomalyMapGenerator(**cfg["anomaly_map"])
+        fpr_limit = float(cfg.get("metrics", {}).get("pro_fpr_limit", 0.3))
+        self.image_auroc = ImageAUROC()
+        self.pixel_auroc = PixelAUROC()
+        self.pro = PRO(fpr_limit=fpr_limit)
+        self.test_results: dict[str, Any] = {}
+        self._reset_test_buffers()
+
+    # ---------------------------------------------------------------- training
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        return self.model(images)
+
+    def _loss(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+        out = self.model(images)
+        return self.criterion(images, out["reconstruction"], out["memory_weights"]), out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        terms, _ = self._loss(batch["image"])
+        if not torch.isfinite(terms["loss"]):
+            raise FloatingPointError(
+                f"training loss is {terms['loss'].item()} at epoch {self.current_epoch}, "
+                f"global step {self.global_step}; the last checkpoint is kept in checkpoints/"
+            )
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=False, on_epoch=True, batch_size=bs)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        terms, out = self._loss(batch["image"])
+        maps = self.anomaly_map(batch["image"], out["reconstruction"])
+        bs = batch["image"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        opt_cfg = self.cfg["model"]["optimizer"]
+        optimizer = torch.optim.Adam(
+            self.parameters(),
+            lr=float(opt_cfg["lr"]),
+            betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
+            weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+        )
+        schedule = opt_cfg.get("scheduler", "none")
+        if schedule in (None, "none"):
+            return optimizer
+        if schedule != "cosine":
+            raise ValueError(f"model.optimizer.scheduler must be 'none' or 'cosine', got {schedule!r}")
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=float(opt_cfg["lr"]) * 0.01)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, S, S) in [-1, 1] -> (anomaly maps (B, S, S), reconstructions)."""
+        out = self.model(images)
+        return self.anomaly_map(images, out["reconstruction"]), out["reconstruction"]
+
+    def _reset_test_buffers(self) -> None:
+        self._records: list[tuple[float, int, str]] = []
+        self.examples: dict[str, list[torch.Tensor]] = {"image": [], "reconstruction": [], "map": [], "mask": []}
+        self._has_masks = True
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_test_buffers()
+        dm = getattr(self.trainer, "datamodule", None)
+        self._has_masks = bool(getattr(dm, "has_masks", True))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        maps, recon = self.score(images)
+        masks = batch["mask"]
+        mask_list = list(masks) if isinstance(masks, (list, tuple)) else [m for m in masks]
+        scores = []
+        for i, mask in enumerate(mask_list):
+            full = resize_maps(maps[i : i + 1], tuple(mask.shape[-2:]))
+            if self._has_masks:
+                self.pixel_auroc.update(full, mask[None])
+                self.pro.update(full, mask[None])
+            scores.append(full.amax())
+        scores_t = torch.stack(scores).float()
+        labels = torch.as_tensor(batch["label"], device=scores_t.device).long()
+        # Image AUROC from (score, label) pairs: a 1x1 "map" holding the score, a 1x1 "mask" the label.
+        self.image_auroc.update(scores_t[:, None, None], labels[:, None, None])
+        self._records += [(float(s), int(l), str(d)) for s, l, d in zip(scores_t.cpu(), labels.cpu(), batch["defect"])]
+        self._keep_examples(images, recon, maps, mask_list, labels)
+
+    def _keep_examples(self, images, recon, maps, masks, labels) -> None:
+        kept = self.examples["image"]
+        for i in range(images.shape[0]):
+            if len(kept) >= NUM_EXAMPLES:
+                return
+            # Prefer anomalous examples, but keep a couple of normal ones for contrast.
+            n_normal = sum(1 for m in self.examples["mask"] if m.sum() == 0)
+            if labels[i] == 0 and n_normal >= 2:
+                continue
+            size = tuple(images.shape[-2:])
+            mask = torch.nn.functional.interpolate(masks[i][None, None].float(), size=size, mode="nearest")[0, 0]
+            self.examples["image"].append(images[i].detach().float().cpu())
+            self.examples["reconstruction"].append(recon[i].detach().float().cpu())
+            self.examples["map"].append(maps[i].detach().float().cpu())
+            self.examples["mask"].append(mask.cpu())
+
+    def on_test_epoch_end(self) -> None:
+        records = self._gather_records()
+        results: dict[str, Any] = {
+            "image_AUROC": _safe_compute(self.image_auroc, "image_AUROC"),
+            "pixel_AUROC": _safe_compute(self.pixel_auroc, "pixel_AUROC") if self._has_masks else None,
+            "PRO": _safe_compute(self.pro, "PRO") if self._has_masks else None,
+            "per_defect": per_defect_auroc(records),
+            "num_test_images": len(records),
+        }
+        for metric in (self.image_auroc, self.pixel_auroc, self.pro):
+            metric.reset()
+        self.test_results = results
+        for key in ("image_AUROC", "pixel_AUROC", "PRO"):
+            if results[key] is not None:
+                self.log(f"test/{key}", results[key], rank_zero_only=True)
+
+    def _gather_records(self) -> list[tuple[float, int, str]]:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self._records
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self._records)
+        return [r for part in gathered for r in part]
+
+
+def _safe_compute(metric: Any, name: str) -> float | None:
+    """A metric that is undefined for this test set (e.g. one class only) is recorded as null."""
+    try:
+        return float(metric.compute())
+    except ValueError as err:
+        log.warning("%s is undefined for this test set: %s", name, err)
+        return None
+
+
+def per_defect_auroc(records: list[tuple[float, int, str]]) -> dict[str, float]:
+    """Image AUROC of each defect type against all normal test images."""
+    normal = [s for s, label, _ in records if label == 0]
+    defects = sorted({d for _, label, d in records if label == 1})
+    result = {}
+    for defect in defects:
+        anomalous = [s for s, label, d in records if label == 1 and d == defect]
+        if not normal or not anomalous:
+            continue
+        metric = ImageAUROC()
+        scores = torch.tensor(normal + anomalous, dtype=torch.float32)
+        labels = torch.tensor([0] * len(normal) + [1] * len(anomalous))
+        metric.update(scores[:, None, None], labels[:, None, None])
+        result[defect] = float(metric.compute())
+    return result

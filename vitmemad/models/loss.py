@@ -1,0 +1,51 @@
+"""Training loss (paper eqs. 11-15): L2 + lambda_ssim * L_SSIM + lambda_ent * L_ent.
+
+- L_SSIM is the mean of (1 - SSIM map) (eq. 12). kornia's ``ssim_loss`` returns (1 - SSIM) / 2, so
+  the SSIM map is taken from ``kornia.metrics.ssim`` directly. Images live in [-1, 1], so the
+  dynamic range passed to SSIM is 2.
+- L_ent = -sum_i w_i log(w_i + eps), averaged over positions. The paper's eq. 14 drops the minus
+  sign, but its text says minimising the loss sharpens the weights, which needs the minus.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from kornia.metrics import ssim
+from torch import nn
+
+DYNAMIC_RANGE = 2.0  # images are normalised to [-1, 1]
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11) -> torch.Tensor:
+    """Per-pixel SSIM, (B, C, H, W), computed in float32 for stability under autocast."""
+    return ssim(x.float(), y.float(), window_size, max_val=DYNAMIC_RANGE, padding="same")
+
+
+def entropy_loss(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Mean over positions of -sum_i w_i log(w_i + eps) for weights (..., N)."""
+    return -(weights * torch.log(weights + eps)).sum(dim=-1).mean()
+
+
+class ReconstructionLoss(nn.Module):
+    def __init__(
+        self,
+        lambda_recon: float = 1.0,
+        lambda_ssim: float = 1.0,
+        lambda_ent: float = 0.001,
+        ssim_window: int = 11,
+    ) -> None:
+        super().__init__()
+        self.lambda_recon = lambda_recon
+        self.lambda_ssim = lambda_ssim
+        self.lambda_ent = lambda_ent
+        self.ssim_window = ssim_window
+
+    def forward(
+        self, x: torch.Tensor, reconstruction: torch.Tensor, memory_weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        l2 = F.mse_loss(reconstruction.float(), x.float())
+        l_ssim = (1.0 - ssim_map(x, reconstruction, self.ssim_window)).mean()
+        recon = l2 + self.lambda_ssim * l_ssim
+        ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
+        total = self.lambda_recon * recon + self.lambda_ent * ent
+        return {"loss": total, "l2": l2, "ssim": l_ssim, "entropy": ent}

@@ -1,0 +1,80 @@
+"""Memory module of normal patterns (paper sec. 3.2, eqs. 7-10; MemAE, Gong et al. 2019).
+
+Every spatial position of the feature map is a query z. It addresses N learnable items m_i by
+similarity, the softmax weights are sparsified by hard shrinkage with threshold lambda = 1/N
+(eq. 10), L1-renormalised, and z_hat = w_hat M (eq. 9). An anomalous query can then only be
+rebuilt from normal items, which is what makes anomalies reconstruct badly.
+
+Addressing:
+- ``cosine`` with ``temperature=1`` is the paper's literal formulation (eqs. 7-8). Cosine
+  similarities lie in [-1, 1], so softmax over N items is nearly uniform (max/min weight <= e^2)
+  and shrinkage keeps roughly half the items. A temperature < 1 sharpens it.
+- ``dot`` is MemAE's addressing: the raw dot product z m_i^T, scaled by ``temperature``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADDRESSING = ("cosine", "dot")
+
+
+def hard_shrink_relu(weights: torch.Tensor, threshold: float, eps: float = 1e-12) -> torch.Tensor:
+    """Eq. 10 followed by L1 renormalisation: zero weights below ``threshold``, keep the rest."""
+    shrunk = F.relu(weights - threshold) * weights / (torch.abs(weights - threshold) + eps)
+    return F.normalize(shrunk, p=1, dim=-1)
+
+
+class MemoryModule(nn.Module):
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        temperature: float = 1.0,
+        addressing: str = "cosine",
+        shrink_threshold: float | None = None,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if addressing not in ADDRESSING:
+            raise ValueError(f"memory.addressing must be one of {ADDRESSING}, got {addressing!r}")
+        if num_items < 1:
+            raise ValueError(f"memory.size must be >= 1, got {num_items}")
+        if temperature <= 0:
+            raise ValueError(f"memory.temperature must be > 0, got {temperature}")
+        self.num_items = num_items
+        self.dim = dim
+        self.temperature = temperature
+        self.addressing = addressing
+        self.shrink_threshold = 1.0 / num_items if shrink_threshold is None else shrink_threshold
+        self.eps = eps
+        self.items = nn.Parameter(torch.empty(num_items, dim))
+        stdv = 1.0 / math.sqrt(dim)
+        nn.init.uniform_(self.items, -stdv, stdv)
+
+    def address(self, queries: torch.Tensor) -> torch.Tensor:
+        """Softmax addressing weights (..., N) for queries (..., C), before shrinkage."""
+        if self.addressing == "cosine":
+            logits = F.normalize(queries, dim=-1) @ F.normalize(self.items, dim=-1).t()
+        else:
+            logits = queries @ self.items.t()
+        return torch.softmax(logits.float() / self.temperature, dim=-1).to(queries.dtype)
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (reconstructed feature map (B, C, H, W), weights (B, H*W, N))."""
+        b, c, h, w = feature_map.shape
+        queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
+        weights = self.address(queries)
+        if self.shrink_threshold > 0:
+            weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
+        out = weights @ self.items  # (B, HW, C), eq. 9
+        return out.transpose(1, 2).reshape(b, c, h, w), weights
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_items={self.num_items}, dim={self.dim}, addressing={self.addressing}, "
+            f"temperature={self.temperature}, shrink_threshold={self.shrink_threshold:.4g}"
+        )

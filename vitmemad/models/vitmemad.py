@@ -1,0 +1,57 @@
+"""The paper's model: ViT encoder -> memory module -> coordinate attention -> decoder (Figure 2).
+
+The memory module and coordinate attention are switchable so that the four variants of the
+paper's Table 6 (Base, +M, +CA, +M+CA) are the same class.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .coord_attention import CoordinateAttention
+from .decoder import TransposedConvDecoder
+from .encoder import ViTEncoder
+from .memory import MemoryModule
+
+
+class ViTMemAE(nn.Module):
+    def __init__(
+        self,
+        image_size: int = 384,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        use_memory: bool = True,
+        memory_size: int = 100,
+        memory_temperature: float = 1.0,
+        memory_addressing: str = "cosine",
+        memory_shrink_threshold: float | None = None,
+        use_coord_attention: bool = True,
+        ca_reduction: int = 32,
+        decoder_channels: Sequence[int] = (512, 256, 128, 64, 32),
+    ) -> None:
+        super().__init__()
+        if patch_size != 16:
+            # The decoder's four x2 layers undo exactly a 16x16 patch embedding.
+            raise ValueError(f"patch_size must be 16 (the decoder upsamples by 2^4), got {patch_size}")
+        self.encoder = ViTEncoder(image_size, patch_size, 3, embed_dim, depth, num_heads, mlp_ratio)
+        self.memory = (
+            MemoryModule(memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold)
+            if use_memory
+            else None
+        )
+        self.coord_attention = CoordinateAttention(embed_dim, ca_reduction) if use_coord_attention else None
+        self.decoder = TransposedConvDecoder(embed_dim, decoder_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        features = self.encoder(x)
+        weights = None
+        if self.memory is not None:
+            features, weights = self.memory(features)
+        if self.coord_attention is not None:
+            features = self.coord_attention(features)
+        return {"reconstruction": self.decoder(features), "memory_weights": weights}

@@ -1,0 +1,146 @@
+"""The pieces that train, eval (and later predict/export) share: build, run, write outputs."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.utils.io import write_json
+from vitmemad.utils.provenance import provenance
+from vitmemad.utils.visualize import save_examples
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+EXAMPLES_FILE = "examples.png"
+
+
+def configure_threads(num_threads: int | None) -> None:
+    """Use the cores we have, not a server's default; DDP ranks share them."""
+    if num_threads is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        num_threads = max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(int(num_threads))
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """Plain-container copy of the run config plus the chosen group names (saved in checkpoints)."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(container, dict)
+    try:
+        choices = dict(HydraConfig.get().runtime.choices)
+    except ValueError:  # composed outside a Hydra app (tests)
+        choices = {}
+    container["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    return container
+
+
+def build_datamodule(data_cfg: dict[str, Any]) -> L.LightningDataModule:
+    kwargs = {k: v for k, v in data_cfg.items() if k != "name"}
+    return hydra.utils.instantiate(kwargs, _convert_="all")
+
+
+def model_name(cfg: dict[str, Any]) -> str:
+    return cfg.get("choices", {}).get("model") or cfg["model"].get("kind", "unknown")
+
+
+def ablation_name(cfg: dict[str, Any], module: AnomalyModule) -> str | None:
+    return cfg["ablation"]["name"] if module.uses_ablation and cfg.get("ablation") else None
+
+
+def metrics_record(
+    cfg: dict[str, Any],
+    module: AnomalyModule,
+    *,
+    epochs: int,
+    train_seconds: float | None,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
+    """The contract's metrics.json (shared/design/CONTRACT.md)."""
+    results = module.test_results
+    data_cfg = cfg["data"]
+    return {
+        "image_AUROC": results.get("image_AUROC"),
+        "pixel_AUROC": results.get("pixel_AUROC"),
+        "PRO": results.get("PRO"),
+        "category": str(data_cfg.get("category")),
+        "dataset": data_cfg.get("name"),
+        "model": model_name(cfg),
+        "ablation": ablation_name(cfg, module),
+        "seed": cfg.get("seed"),
+        "epochs": epochs,
+        "train_seconds": train_seconds,
+        "ckpt_path": ckpt_path,
+        "per_defect": results.get("per_defect", {}),
+        "num_test_images": results.get("num_test_images"),
+        "image_size": data_cfg.get("image_size"),
+        "anomaly_map": cfg.get("anomaly_map"),
+        "pro_fpr_limit": cfg.get("metrics", {}).get("pro_fpr_limit", 0.3),
+        "provenance": provenance(data_cfg.get("root") or data_cfg.get("normal_dir")),
+    }
+
+
+def write_test_outputs(output_dir: Path, record: dict[str, Any], module: AnomalyModule) -> None:
+    write_json(output_dir / METRICS_FILE, record)
+    if module.examples["image"]:
+        save_examples(module.examples, output_dir / EXAMPLES_FILE)
+    summary = ", ".join(
+        f"{k}={record[k]:.4f}" if record[k] is not None else f"{k}=null" for k in ("image_AUROC", "pixel_AUROC", "PRO")
+    )
+    log.info("%s: %s (%s)", record["category"], summary, output_dir / METRICS_FILE)
+    print(f"[vitmemad] {record['model']} / {record['category']}: {summary}")
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def checkpoint_for_test(trainer: L.Trainer, which: str) -> str | None:
+    """Path of the `best` (monitored) or `last` checkpoint; falls back to `last`."""
+    if which not in ("best", "last"):
+        raise ValueError(f"test_ckpt must be 'best', 'last' or null, got {which!r}")
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    best = getattr(callback, "best_model_path", "") if which == "best" else ""
+    return best or getattr(callback, "last_model_path", "") or None
+
+
+def single_device_trainer(trainer: L.Trainer) -> L.Trainer | None:
+    """The trainer that tests: the fit trainer itself, or after DDP a fresh one-device trainer on rank 0.
+
+    Lightning's DistributedSampler pads uneven shards with repeated images; testing on one process
+    scores every test image exactly once. Other ranks get None and stop.
+    """
+    if trainer.world_size == 1:
+        return trainer
+    import torch.distributed as dist
+
+    is_zero = trainer.is_global_zero
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if not is_zero:
+        return None
+    return L.Trainer(
+        accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower() or "cpu",
+        devices=1,
+        precision=trainer.precision,
+        logger=trainer.loggers or False,
+        default_root_dir=trainer.default_root_dir,
+        enable_model_summary=False,
+    )

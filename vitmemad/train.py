@@ -1,0 +1,90 @@
+"""`python -m vitmemad.train [overrides]`: train on normal images, then test a checkpoint.
+
+Only instantiates and runs; the pieces live in ``vitmemad.pipeline``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from vitmemad import pipeline
+from vitmemad.models.lightning_module import AnomalyModule
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+class RunDirError(RuntimeError):
+    """The output directory already holds a finished run."""
+
+
+def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path in (None, ""):
+        if (output_dir / pipeline.METRICS_FILE).exists():
+            raise RunDirError(
+                f"{output_dir} already holds a finished run ({pipeline.METRICS_FILE}); choose another "
+                "hydra.run.dir, or pass ckpt_path=last to resume it"
+            )
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist: nothing to resume in {output_dir}")
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return str(ckpt_path)
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = resume_path(cfg.get("ckpt_path"), output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    pipeline.configure_threads(cfg.get("num_threads"))
+    run_cfg = pipeline.resolved_config(cfg)
+    datamodule = pipeline.build_datamodule(run_cfg["data"])
+    module = AnomalyModule(run_cfg)
+    callbacks = build_callbacks(cfg)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False)
+
+    with pipeline.Timer() as timer:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    metric = trainer.callback_metrics.get(cfg.get("optimized_metric", "val/loss"))
+    result: dict[str, Any] = {"optimized_metric": float(metric) if metric is not None else None}
+
+    if not cfg.get("test_ckpt"):
+        return result
+    ckpt = pipeline.checkpoint_for_test(trainer, cfg.test_ckpt)
+    test_trainer = pipeline.single_device_trainer(trainer)
+    if test_trainer is not None:  # rank 0 (or the only process) scores every test image once
+        test_trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        record = pipeline.metrics_record(
+            run_cfg, module, epochs=trainer.current_epoch, train_seconds=round(timer.seconds, 2), ckpt_path=ckpt
+        )
+        pipeline.write_test_outputs(output_dir, record, module)
+        result["metrics"] = record
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)["optimized_metric"]
+
+
+if __name__ == "__main__":
+    main()

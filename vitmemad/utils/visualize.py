@@ -1,0 +1,58 @@
+"""examples.png: a grid of test examples (input | reconstruction | anomaly map | ground truth)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from kornia.color import ApplyColorMap, ColorMap
+from PIL import Image, ImageDraw
+
+from .io import atomic_write_bytes
+
+COLUMNS = ("input", "reconstruction", "anomaly map", "ground truth")
+HEADER = 16
+
+
+def to_uint8_image(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def colorize(maps: torch.Tensor, vmin: float, vmax: float) -> np.ndarray:
+    """(H, W) float -> (H, W, 3) uint8 jet colours, scaled with a shared [vmin, vmax]."""
+    scaled = ((maps.float() - vmin) / max(vmax - vmin, 1e-12)).clamp(0, 1)
+    rgb = ApplyColorMap(ColorMap("jet", num_colors=256))(scaled[None, None])[0]
+    return (rgb * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def examples_grid(examples: dict[str, list[torch.Tensor]]) -> Image.Image:
+    """One row per example; anomaly maps share one colour scale so rows are comparable."""
+    n = len(examples["image"])
+    if n == 0:
+        raise ValueError("no test examples to draw")
+    maps = torch.stack(examples["map"])
+    vmin, vmax = float(maps.min()), float(torch.quantile(maps.flatten(), 0.999))
+    h, w = examples["image"][0].shape[-2:]
+    grid = Image.new("RGB", (4 * w, n * h + HEADER), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, title in enumerate(COLUMNS):
+        draw.text((c * w + 2, 2), title, fill="black")
+    for r in range(n):
+        tiles = [
+            to_uint8_image(examples["image"][r]),
+            to_uint8_image(examples["reconstruction"][r]),
+            colorize(examples["map"][r], vmin, vmax),
+            np.repeat((examples["mask"][r].numpy() > 0).astype(np.uint8)[..., None] * 255, 3, axis=2),
+        ]
+        for c, tile in enumerate(tiles):
+            grid.paste(Image.fromarray(tile), (c * w, HEADER + r * h))
+    return grid
+
+
+def save_examples(examples: dict[str, list[torch.Tensor]], path: str | Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    examples_grid(examples).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
