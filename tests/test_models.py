@@ -1,0 +1,173 @@
+"""Shapes and math of each model component (paper sec. 3) and of the losses (eqs. 11-15)."""
+from __future__ import annotations
+
+import math
+
+import kornia
+import pytest
+import torch
+
+from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps
+from vitmemad.models.cae import ConvAutoencoder
+from vitmemad.models.coord_attention import CoordinateAttention
+from vitmemad.models.decoder import TransposedConvDecoder
+from vitmemad.models.encoder import ViTEncoder
+from vitmemad.models.loss import ReconstructionLoss, entropy_loss, ssim_map
+from vitmemad.models.memory import MemoryModule, hard_shrink_relu
+from vitmemad.models.vitmemad import ViTMemAE
+
+torch.manual_seed(0)
+SMALL = dict(image_size=64, embed_dim=32, depth=2, num_heads=4, decoder_channels=(32, 16, 16, 8, 8))
+
+
+def test_encoder_returns_patch_feature_map_without_cls():
+    enc = ViTEncoder(image_size=64, embed_dim=48, depth=2, num_heads=4)
+    x = torch.randn(2, 3, 64, 64)
+    f = enc(x)
+    assert f.shape == (2, 48, 4, 4)
+    assert enc.pos_embed.shape == (1, 17, 48)  # N + 1 rows: one for [cls]
+    # Each output position belongs to one patch: perturbing only patch (0, 0) changes its token most.
+    x2 = x.clone()
+    x2[:, :, :16, :16] += 1.0
+    delta = (enc(x2) - f).abs().mean(dim=(0, 1))
+    assert delta.argmax() == 0
+
+
+def test_encoder_paper_preset_shape():
+    enc = ViTEncoder(image_size=384, embed_dim=768, depth=1, num_heads=8)
+    assert enc(torch.randn(1, 3, 384, 384)).shape == (1, 768, 24, 24)
+
+
+@pytest.mark.parametrize("bad", [dict(image_size=70), dict(embed_dim=30, num_heads=4)])
+def test_encoder_rejects_inconsistent_sizes(bad):
+    with pytest.raises(ValueError):
+        ViTEncoder(**{**dict(image_size=64, embed_dim=32, depth=1, num_heads=4), **bad})
+
+
+def test_hard_shrinkage_matches_eq10_and_renormalises():
+    w = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    out = hard_shrink_relu(w, threshold=0.25, eps=0.0)
+    # Items below lambda are zeroed; the rest keep their weight (relu(w-l)*w/|w-l| = w) and renormalise.
+    torch.testing.assert_close(out, torch.tensor([[0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0]]))
+
+
+def test_memory_weights_sum_to_one_and_zero_items_below_lambda():
+    mem = MemoryModule(num_items=20, dim=16, temperature=0.1)
+    f = torch.randn(3, 16, 5, 5)
+    out, w = mem(f)
+    assert out.shape == f.shape and w.shape == (3, 25, 20)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 25))
+    raw = mem.address(f.flatten(2).transpose(1, 2))
+    below = raw < mem.shrink_threshold
+    assert below.any() and (w[below] == 0).all()
+    assert (w[raw > mem.shrink_threshold * 1.01] > 0).all()
+    # z_hat = w_hat M (eq. 9)
+    torch.testing.assert_close(out.flatten(2).transpose(1, 2), w @ mem.items)
+
+
+def test_memory_literal_cosine_is_nearly_uniform_and_temperature_sharpens():
+    q = torch.randn(100, 16)
+    literal_mem = MemoryModule(50, 16, temperature=1.0)
+    literal = literal_mem.address(q)
+    assert (literal.max(-1).values / literal.min(-1).values).max() <= math.e**2 + 1e-4
+    sharp = MemoryModule(50, 16, temperature=0.05)
+    sharp.items.data.copy_(literal_mem.items.data)
+    assert entropy_loss(sharp.address(q)) < 0.9 * entropy_loss(literal)
+
+
+def test_memory_dot_addressing_and_bad_options():
+    mem = MemoryModule(10, 8, addressing="dot")
+    q = torch.randn(4, 8)
+    torch.testing.assert_close(mem.address(q), torch.softmax(q @ mem.items.t(), -1))
+    with pytest.raises(ValueError, match="addressing"):
+        MemoryModule(10, 8, addressing="l2")
+    with pytest.raises(ValueError, match="temperature"):
+        MemoryModule(10, 8, temperature=0)
+
+
+def test_coordinate_attention_preserves_shape_and_is_position_aware():
+    ca = CoordinateAttention(32, reduction=4).eval()
+    x = torch.randn(2, 32, 6, 9)
+    y = ca(x)
+    assert y.shape == x.shape
+    # Gates in (0, 1): |y| <= |x| element-wise.
+    assert (y.abs() <= x.abs() + 1e-6).all()
+    # Row gates depend on the row: a feature map that varies only along H gets different gates per row.
+    ramp = torch.linspace(-2, 2, 6)[None, None, :, None].expand(1, 32, 6, 9).contiguous()
+    ratio = ca(ramp) / ramp
+    assert not torch.allclose(ratio[0, 0, 0], ratio[0, 0, -1])
+
+
+def test_decoder_upsamples_16x_into_tanh_range():
+    dec = TransposedConvDecoder(64, (32, 16, 16, 8, 8))
+    convs = [m for m in dec.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    bns = [m for m in dec.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == 6 and len(bns) == 5
+    y = dec(torch.randn(2, 64, 4, 4) * 50)
+    assert y.shape == (2, 3, 64, 64)
+    assert y.min() >= -1 and y.max() <= 1
+
+
+@pytest.mark.parametrize("memory,ca", [(False, False), (True, False), (False, True), (True, True)])
+def test_ablation_variants(memory, ca):
+    model = ViTMemAE(**SMALL, use_memory=memory, use_coord_attention=ca, memory_size=10)
+    assert (model.memory is not None) == memory and (model.coord_attention is not None) == ca
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["reconstruction"].shape == (2, 3, 64, 64)
+    assert (out["memory_weights"] is not None) == memory
+
+
+def test_cae_shapes():
+    cae = ConvAutoencoder(image_size=64, latent_dim=20, width=8)
+    out = cae(torch.randn(2, 3, 64, 64))
+    assert out["reconstruction"].shape == (2, 3, 64, 64) and out["memory_weights"] is None
+
+
+def test_loss_terms():
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)
+    loss = ReconstructionLoss(lambda_recon=1.0, lambda_ssim=0.5, lambda_ent=0.01)
+    w = torch.softmax(torch.randn(2, 4, 10), -1)
+    terms = loss(x, y, w)
+    torch.testing.assert_close(terms["l2"], ((x - y) ** 2).mean())
+    # kornia's ssim_loss is (1 - SSIM) / 2; ours is the paper's mean(1 - SSIM).
+    torch.testing.assert_close(terms["ssim"], 2 * kornia.losses.ssim_loss(x, y, 11, max_val=2.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["entropy"], -(w * torch.log(w)).sum(-1).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["loss"], terms["l2"] + 0.5 * terms["ssim"] + 0.01 * terms["entropy"])
+    same = loss(x, x, None)
+    assert same["l2"] == 0 and same["ssim"].abs() < 1e-5 and same["entropy"] == 0
+
+
+def test_entropy_loss_extremes_and_minimising_sharpens():
+    n = 8
+    torch.testing.assert_close(entropy_loss(torch.full((5, n), 1 / n)), torch.tensor(math.log(n)))
+    assert entropy_loss(torch.eye(n)).abs() < 1e-6
+    logits = torch.zeros(1, n, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    with torch.no_grad():
+        logits[0, 0] = 0.1
+    for _ in range(50):
+        opt.zero_grad()
+        entropy_loss(torch.softmax(logits, -1)).backward()
+        opt.step()
+    assert torch.softmax(logits, -1).max() > 0.9
+
+
+def test_anomaly_map_sources_and_resize():
+    x = torch.zeros(1, 3, 32, 32)
+    r = x.clone()
+    r[:, :, 10:14, 20:24] = 1.0
+    for source in ("l2", "ssim", "both"):
+        m = AnomalyMapGenerator(source=source, sigma=2.0)(x, r)
+        assert m.shape == (1, 32, 32)
+        assert m[0, 12, 22] > m[0, 28, 4]
+    sharp = AnomalyMapGenerator(source="l2", sigma=0)(x, r)
+    torch.testing.assert_close(sharp[0, 10:14, 20:24], torch.ones(4, 4))
+    assert resize_maps(sharp, (96, 64)).shape == (1, 96, 64)
+    with pytest.raises(ValueError, match="source"):
+        AnomalyMapGenerator(source="l1")
+
+
+def test_ssim_map_is_one_for_identical_images():
+    x = torch.rand(1, 3, 24, 24)
+    torch.testing.assert_close(ssim_map(x, x), torch.ones(1, 3, 24, 24), atol=1e-4, rtol=0)
