@@ -37,29 +37,30 @@ def trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float
     return float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
 
 
-def pro_curve_reference(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Full exact PRO curve (FPR, PRO), one point per distinct score, with (0,0) and (1,1) added."""
-    maps = np.asarray(maps)
-    masks = np.asarray(masks) > 0
-    fp_changes = np.zeros(maps.shape, dtype=np.uint32)
-    pro_changes = np.zeros(maps.shape, dtype=np.float64)
+def pro_curve_reference(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """Full exact PRO curve (FPR, PRO), one point per distinct score, with (0,0) and (1,1) added.
+
+    ``maps``/``masks``: (N,H,W) arrays, or sequences of (H,W) arrays whose sizes may differ.
+    """
+    fp_changes, pro_changes = [], []
     num_ok = 0
     num_regions = 0
-    for i, gt in enumerate(masks):
-        labeled, n = ndimage.label(gt, structure=EIGHT_CONNECTED)
+    for gt in masks:
+        labeled, n = ndimage.label(np.asarray(gt) > 0, structure=EIGHT_CONNECTED)
         num_regions += n
         ok = labeled == 0
         num_ok += int(ok.sum())
-        fp_changes[i][ok] = 1
+        fp_changes.append(ok.ravel().astype(np.uint32))
         sizes = np.bincount(labeled.ravel())
         weights = np.zeros(n + 1)
         weights[1:] = 1.0 / sizes[1:]
-        pro_changes[i] = weights[labeled]
-    scores = maps.ravel()
+        pro_changes.append(weights[labeled].ravel())
+    fp_changes, pro_changes = np.concatenate(fp_changes), np.concatenate(pro_changes)
+    scores = np.concatenate([np.asarray(m).ravel() for m in maps])
     order = np.argsort(scores)[::-1]
     scores = scores[order]
-    fprs = np.cumsum(fp_changes.ravel()[order])
-    pros = np.cumsum(pro_changes.ravel()[order])
+    fprs = np.cumsum(fp_changes[order])
+    pros = np.cumsum(pro_changes[order])
     del order
     # The official code divides a float32 copy of the false-positive count (float32 FPR).
     fprs = (fprs.astype(np.float32).astype(np.float64) / num_ok).astype(np.float32)
@@ -73,7 +74,7 @@ def pro_curve_reference(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray
     return fprs, pros
 
 
-def pro_reference(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+def pro_reference(maps, masks, fpr_limit: float = 0.3) -> float:
     """Official AU-PRO up to ``fpr_limit``, divided by ``fpr_limit`` (0.3 gives the standard MVTec number)."""
     fprs, pros = pro_curve_reference(maps, masks)
     return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
