@@ -121,7 +121,7 @@ class AnomalyDataset(Dataset):
                 f"Mask {sample.mask_path} has size {mask.shape[1]}x{mask.shape[0]} (WxH) but "
                 f"image {sample.path} has size {native[1]}x{native[0]}"
             )
-        out = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+        out = torch.from_numpy(np.array(mask, dtype=np.uint8, copy=True))  # own, writable copy
         if self.cache:
             self._masks[index] = out
         return out
