@@ -62,9 +62,15 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 def _ordered_bits(scores: np.ndarray) -> np.ndarray:
-    """uint64 whose unsigned order equals the float order of finite float32 scores (-0.0 merged with 0.0)."""
+    """uint32 whose unsigned order equals the float order of finite float32 scores (-0.0 merged with 0.0)."""
     bits = (scores + np.float32(0.0)).view(np.uint32)  # x + 0.0 turns -0.0 into +0.0
-    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+
+
+def _from_ordered_bits(bits: np.ndarray) -> np.ndarray:
+    """Inverse of ``_ordered_bits``."""
+    bits = bits.astype(np.uint32)
+    return np.where(bits >> 31, bits & np.uint32(0x7FFFFFFF), ~bits).view(np.float32)
 
 
 def _max_false_positives(n_ok: int, fpr_limit: float) -> int:
@@ -86,14 +92,21 @@ def _check_counts(n_ok: int, n_anomalous: int) -> None:
 
 def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray], shapes: np.ndarray,
               fpr_limit: float) -> float:
-    """Official PRO of the images stored as flat float32 map chunks, 0/1 mask chunks and (N,2) shapes."""
+    """Official PRO of the images stored as flat float32 map chunks, 0/1 mask chunks and (N,2) shapes.
+
+    The official curve has one point per distinct score t: (#normal >= t, PRO(t)). PRO(t) only changes at
+    anomalous scores, so between two consecutive distinct anomalous scores a_(j-1) > a_j the curve is flat,
+    and the exact polyline is traced by two points per a_j: (#normal > a_j, P_(j-1)) and (#normal >= a_j, P_j).
+    Normal pixels therefore enter only through counts, taken from their sorted scores >= t*.
+    """
     fpr_limit = check_fpr_limit(fpr_limit)
     n_total = sum(m.size for m in map_chunks)
     n_anomalous = sum(int(np.count_nonzero(m)) for m in mask_chunks)
     n_ok = n_total - n_anomalous
     _check_counts(n_ok, n_anomalous)
 
-    # 1) t* = score of the first curve point beyond the limit (a normal pixel's score), in linear time.
+    # 1) t* = score of the first curve point beyond the limit (a normal pixel's score), in linear time; the
+    #    normal scores >= t* end up in normals[kth:] (ties with t* may also sit below kth), then get sorted.
     normals = np.empty(n_ok, dtype=np.float32)
     pos = 0
     for scores, mask in _images(map_chunks, mask_chunks, shapes):
@@ -104,42 +117,42 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
     kth = n_ok - rank
     normals.partition(kth)
     t_star = normals[kth]
-    n_selected = n_anomalous + rank + int(np.count_nonzero(normals[:kth] == t_star))  # upper bound
-    del normals
+    n_ge_t_star = rank + int(np.count_nonzero(normals[:kth] == t_star))
+    upper = normals[kth:]  # every normal score > t*, and some == t*
+    upper.sort()
 
-    # 2) One sortable key per pixel with score >= t*: score bits << 32 | global region id (0 = normal).
-    keys = np.empty(n_selected, dtype=np.uint64)
-    region_weights = [np.zeros(1)]
-    pos = 0
-    n_regions = 0
+    # 2) Anomalous pixels with score >= t*: one sortable key each, score bits << 32 | global region id.
+    keys, region_weights, n_regions = [], [np.zeros(1)], 0
     for scores, mask in _images(map_chunks, mask_chunks, shapes):
+        if not mask.any():
+            continue
         labeled, n, weights = _label(mask)
-        sel = scores >= t_star
-        lab = labeled[sel].astype(np.uint64)
-        lab[lab > 0] += np.uint64(n_regions)
-        k = (_ordered_bits(scores[sel]) << np.uint64(32)) | lab
-        keys[pos:pos + k.size] = k
-        pos += k.size
+        vals, lab = scores[mask], labeled[mask]
+        sel = vals >= t_star
+        key = (_ordered_bits(vals[sel]).astype(np.uint64) << np.uint64(32)) | (lab[sel] + n_regions).astype(np.uint64)
+        keys.append(key)
         region_weights.append(weights[1:])
         n_regions += n
-    keys = keys[:pos]
+    keys = np.concatenate(keys)
     weight_of = np.concatenate(region_weights)
 
-    # 3) Exact curve over the selected pixels, in order of decreasing score, ties merged (last of each run).
+    # 3) Distinct anomalous scores a_1 > a_2 > ... >= t* and the cumulative region overlap P_j at each.
     keys.sort()
     keys = keys[::-1]
-    score_bits = (keys >> np.uint64(32)).astype(np.uint32)
+    score_bits = keys >> np.uint64(32)
     last = np.empty(keys.size, dtype=bool)
     np.not_equal(score_bits[1:], score_bits[:-1], out=last[:-1])
-    last[-1] = True
-    del score_bits
-    region = (keys & _LOW32).astype(np.uint32)
-    del keys
-    fp = np.cumsum(region == 0)[last]
-    pro = np.cumsum(weight_of[region])[last]
-    del region, last
-    fprs = np.concatenate([[0.0], fp / n_ok, [1.0]])
-    pros = np.concatenate([[0.0], pro / n_regions, [1.0]])
+    last[-1:] = True
+    thresholds = _from_ordered_bits(score_bits[last])
+    pro = np.cumsum(weight_of[(keys & _LOW32).astype(np.intp)])[last] / n_regions
+    fp_ge = upper.size - np.searchsorted(upper, thresholds, side="left")
+    fp_ge[thresholds == t_star] = n_ge_t_star
+    fp_gt = upper.size - np.searchsorted(upper, thresholds, side="right")
+
+    # 4) Polyline: (0,0), per a_j the two points above, the first point beyond the limit (at t*), (1,1).
+    pro_from = np.concatenate([[0.0], pro])  # P_0 = 0, P_1, ..., P_m
+    fprs = np.concatenate([[0.0], np.column_stack([fp_gt, fp_ge]).ravel() / n_ok, [n_ge_t_star / n_ok, 1.0]])
+    pros = np.concatenate([[0.0], np.column_stack([pro_from[:-1], pro]).ravel(), pro_from[-1:], [1.0]])
     np.clip(fprs, None, 1.0, out=fprs)
     np.clip(pros, None, 1.0, out=pros)
     return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
