@@ -111,7 +111,8 @@ def oracle_binned_errors(path: Path = ORACLE, ks=(100, 1000), limits=(0.3, 0.05,
 
 
 def run(n_images: int = 112, height: int = 384, width: int = 288, repeats: int = 3, fpr_limit: float = 0.3,
-        num_thresholds: int = 1000, seed: int = 0, scale: bool = False, oracle: bool = True) -> dict:
+        num_thresholds: int = 1000, seed: int = 0, scale: bool = False, scale_check: bool = False,
+        oracle: bool = True) -> dict:
     """Run the benchmark and return its results as a dict."""
     t0 = time.perf_counter()
     maps, masks = make_data(n_images, height, width, seed)
@@ -145,18 +146,43 @@ def run(n_images: int = 112, height: int = 384, width: int = 288, repeats: int =
     for name, cls in (("pixel_auroc", PixelAUROC), ("image_auroc", ImageAUROC), ("pro_metric", PRO)):
         seconds, value = _metric_time(cls, maps, masks)
         res[name] = {"compute_seconds": seconds, "value": value}
-    res["self_maxrss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["self_peak_rss_MiB"] = _rss_mib("VmHWM")
     del maps, masks
     if oracle:
         res["oracle_binned_abs_error"] = oracle_binned_errors()
     if scale:
-        res["scale"] = run_scale_subprocess()
+        res["scale"] = run_scale_subprocess(check=scale_check)
     return res
 
 
-def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float) -> dict:
-    """Feed n maps of h x w to PRO, PixelAUROC and ImageAUROC in batches (generated on the fly), compute."""
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _rss_mib(field: str = "VmRSS") -> float:
+    """Current (VmRSS) or peak (VmHWM) resident memory of this process, from /proc (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # fallback: lifetime peak
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak belongs to the next phase."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float, check: bool = False) -> dict:
+    """Feed n maps of h x w to PRO, PixelAUROC and ImageAUROC in batches (generated on the fly), compute.
+
+    Reports resident memory per phase: after imports, peak while updating, and the peak of each compute().
+    With ``check``, also runs ``pro_reference`` on the same pixels (slow, several GiB) and compares.
+    """
+    _reset_peak_rss()
+    out = {"n_images": n, "height": h, "width": w, "pixels": n * h * w, "fpr_limit": fpr_limit,
+           "rss_MiB_after_imports": _rss_mib()}
     rng = np.random.default_rng(1)
     metrics = {"pro": PRO(fpr_limit=fpr_limit), "pixel_auroc": PixelAUROC(), "image_auroc": ImageAUROC()}
     t_gen = t_update = 0.0
@@ -171,24 +197,36 @@ def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float) -> dict:
             metric.update(maps, masks)
         t_gen, t_update = t_gen + t1 - t0, t_update + time.perf_counter() - t1
         del maps, masks
-    rss_after_update = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"n_images": n, "height": h, "width": w, "pixels": n * h * w, "fpr_limit": fpr_limit,
-           "seconds_generate": t_gen, "seconds_update_all_metrics": t_update,
-           "maxrss_MiB_after_imports": base_rss, "maxrss_MiB_after_updates": rss_after_update}
+    out.update(seconds_generate=t_gen, seconds_update_all_metrics=t_update,
+               peak_rss_MiB_updates=_rss_mib("VmHWM"), rss_MiB_holding_all_states=_rss_mib())
+    if check:
+        ref_maps = torch.cat(metrics["pro"].maps).numpy().reshape(n, h, w)
+        ref_masks = torch.cat(metrics["pro"].masks).numpy().reshape(n, h, w)
     for name, metric in metrics.items():
+        _reset_peak_rss()
+        before = _rss_mib()
         t0 = time.perf_counter()
         out[f"{name}_value"] = metric.compute().item()
         out[f"{name}_compute_seconds"] = time.perf_counter() - t0
-        out[f"maxrss_MiB_after_{name}_compute"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        metric.reset()
-    out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out[f"{name}_compute_peak_rss_MiB"] = _rss_mib("VmHWM")
+        out[f"{name}_compute_extra_MiB"] = _rss_mib("VmHWM") - before
+    out["peak_rss_MiB"] = max(v for k, v in out.items() if k.startswith("peak_rss") or k.endswith("peak_rss_MiB"))
+    if check:
+        for metric in metrics.values():
+            metric.reset()
+        _reset_peak_rss()
+        before = _rss_mib()
+        t0 = time.perf_counter()
+        ref = pro_reference(ref_maps, ref_masks, fpr_limit)
+        out.update(reference_value=ref, reference_seconds=time.perf_counter() - t0,
+                   reference_extra_MiB=_rss_mib("VmHWM") - before, reference_abs_diff=abs(ref - out["pro_value"]))
     return out
 
 
 def run_scale_subprocess(n: int = 160, h: int = 1024, w: int = 1024, batch: int = 8,
-                         fpr_limit: float = 0.3) -> dict:
-    """Run the scale test in a fresh process so that its peak RSS is its own."""
-    args = json.dumps({"n": n, "h": h, "w": w, "batch": batch, "fpr_limit": fpr_limit})
+                         fpr_limit: float = 0.3, check: bool = False) -> dict:
+    """Run the scale test in a fresh process so that its memory figures are its own."""
+    args = json.dumps({"n": n, "h": h, "w": w, "batch": batch, "fpr_limit": fpr_limit, "check": check})
     proc = subprocess.run([sys.executable, __file__, "--_scale-child", args], capture_output=True, text=True,
                           check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -222,10 +260,15 @@ def print_table(res: dict) -> None:
             print(f"{case:20s} " + " ".join(f"{e[k]:22.2e}" for k in keys))
     if "scale" in res:
         s = res["scale"]
-        print(f"scale: {s['n_images']}x{s['height']}x{s['width']} = {s['pixels'] / 1e6:.0f} M pixels: "
-              f"peak RSS {s['peak_rss_MiB']:.0f} MiB (after imports {s['maxrss_MiB_after_imports']:.0f}, after "
-              f"updates {s['maxrss_MiB_after_updates']:.0f}); PRO compute {s['pro_compute_seconds']:.1f} s, "
-              f"pixel AUROC {s['pixel_auroc_compute_seconds']:.1f} s, updates {s['seconds_update_all_metrics']:.1f} s")
+        print(f"scale: {s['n_images']}x{s['height']}x{s['width']} = {s['pixels'] / 1e6:.0f} M pixels: peak RSS "
+              f"{s['peak_rss_MiB']:.0f} MiB (after imports {s['rss_MiB_after_imports']:.0f}, holding all states "
+              f"{s['rss_MiB_holding_all_states']:.0f}); updates {s['seconds_update_all_metrics']:.1f} s")
+        for name in ("pro", "pixel_auroc", "image_auroc"):
+            print(f"  {name:12s} compute {s[name + '_compute_seconds']:6.1f} s, peak RSS "
+                  f"{s[name + '_compute_peak_rss_MiB']:.0f} MiB (+{s[name + '_compute_extra_MiB']:.0f} MiB)")
+        if "reference_value" in s:
+            print(f"  reference PRO {s['reference_seconds']:.1f} s, +{s['reference_extra_MiB']:.0f} MiB, "
+                  f"|diff| {s['reference_abs_diff']:.2e}")
 
 
 def main(argv=None) -> None:
@@ -237,13 +280,15 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=288)
     parser.add_argument("--num-thresholds", type=int, default=1000)
     parser.add_argument("--scale", action="store_true", help="also run the 160x1024x1024 test (minutes, ~GBs)")
+    parser.add_argument("--scale-check", action="store_true",
+                        help="with --scale: also run pro_reference on the 168 M pixels (slow, ~+7 GiB)")
     parser.add_argument("--_scale-child", dest="scale_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_child:
         print(json.dumps(_scale_child(**json.loads(args.scale_child))))
         return
     res = run(args.n_images, args.height, args.width, args.repeats, num_thresholds=args.num_thresholds,
-              scale=args.scale)
+              scale=args.scale, scale_check=args.scale_check)
     print_table(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
