@@ -81,7 +81,8 @@ class AnomalyModule(L.LightningModule):
             return optimizer
         if schedule != "cosine":
             raise ValueError(f"model.optimizer.scheduler must be 'none' or 'cosine', got {schedule!r}")
-        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        epochs = self._trainer.max_epochs if self._trainer is not None else self.cfg["model"]["epochs"]
+        max_epochs = max(1, int(epochs or 1))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=float(opt_cfg["lr"]) * 0.01)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
