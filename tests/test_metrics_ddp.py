@@ -21,13 +21,14 @@ BINNED = dict(num_thresholds=256, min_score=-1.0, max_score=3.0)
 
 
 def _shards(npz) -> dict[str, list[list[tuple[np.ndarray, np.ndarray]]]]:
-    """Per scenario, per rank: the update() batches. Uneven shards; the mixed scenario mixes image sizes."""
+    """Per scenario, per rank: the update() batches. Uneven shards, mixed image sizes, a rank with no data."""
     m10, g10 = npz["case10_maps"], npz["case10_masks"] * np.uint8(255)  # 10 x 64x64
     m1, g1 = npz["case1_maps"], npz["case1_masks"]  # 8 x 128x96
     m3, g3 = npz["case3_maps"], npz["case3_masks"]  # 10 x 96x128
     return {
         "case10": [[(m10[:3], g10[:3])], [(m10[3:5], g10[3:5]), (m10[5:], g10[5:])]],
         "mixed": [[(m1[:2], g1[:2])], [(m1[2:], g1[2:]), (m3, g3)]],
+        "rank0_no_data": [[], [(m10, g10)]],
     }
 
 
@@ -37,6 +38,8 @@ def _metrics():
 
 
 def _evaluate(batches) -> dict[str, float]:
+    import warnings
+    warnings.filterwarnings("ignore", message=".*compute.*called before the ..update", category=UserWarning)
     metrics = _metrics()
     for maps, masks in batches:
         for metric in metrics.values():

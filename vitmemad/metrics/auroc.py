@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from ._base import ListStateMetric
 from ._validate import check_batch
 
 _BLOCK = 1 << 22  # anomalous scores searched per step, to bound the temporaries
@@ -38,12 +38,13 @@ def _concat(state: Tensor | list[Tensor], dtype: np.dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
 
 
-class ImageAUROC(Metric):
+class ImageAUROC(ListStateMetric):
     """Image-level AUROC: score = max of the map, label = the mask has any positive pixel."""
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    _list_dtypes = {"scores": torch.float32, "labels": torch.uint8}
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -70,7 +71,7 @@ class ImageAUROC(Metric):
         return torch.tensor(auroc_exact(scores[labels], scores[~labels]), dtype=torch.float64)
 
 
-class PixelAUROC(Metric):
+class PixelAUROC(ListStateMetric):
     """Pixel-level AUROC over all pixels of all images pooled (any mask value > 0 is anomalous).
 
     Stores the anomalous and the normal scores as two float32 lists (4 bytes per pixel, no mask needed).
@@ -79,6 +80,7 @@ class PixelAUROC(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    _list_dtypes = {"pos": torch.float32, "neg": torch.float32}
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
-from torchmetrics import Metric
 
+from ._base import ListStateMetric
 from ._validate import check_batch, check_fpr_limit
 from .reference import EIGHT_CONNECTED, trapezoid
 
 _LOW32 = np.uint64(0xFFFFFFFF)
+_BLOCK = 1 << 24
 
 
 def _images(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray],
@@ -117,7 +118,8 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
     kth = n_ok - rank
     normals.partition(kth)
     t_star = normals[kth]
-    n_ge_t_star = rank + int(np.count_nonzero(normals[:kth] == t_star))
+    n_ge_t_star = rank + sum(int(np.count_nonzero(normals[i:min(i + _BLOCK, kth)] == t_star))
+                             for i in range(0, kth, _BLOCK))  # blocks: no n_ok-sized temporary
     upper = normals[kth:]  # every normal score > t*, and some == t*
     upper.sort()
 
@@ -155,7 +157,11 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
     pros = np.concatenate([[0.0], np.column_stack([pro_from[:-1], pro]).ravel(), pro_from[-1:], [1.0]])
     np.clip(fprs, None, 1.0, out=fprs)
     np.clip(pros, None, 1.0, out=pros)
-    return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
+    # Interior points of vertical runs (equal FPR) add no area and are never the ends of the interpolation
+    # at the limit: drop them, so the polyline and trapezoid()'s temporaries stay small.
+    inner = np.zeros(fprs.size, dtype=bool)
+    inner[1:-1] = (fprs[1:-1] == fprs[:-2]) & (fprs[1:-1] == fprs[2:])
+    return trapezoid(fprs[~inner], pros[~inner], x_max=fpr_limit) / fpr_limit
 
 
 def binned_counts(maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray
@@ -219,7 +225,7 @@ def pro_score(anomaly_maps: Any, masks: Any, fpr_limit: float = 0.3, num_thresho
     return binned_pro(*binned_counts(maps, gts, thresholds), fpr_limit)
 
 
-class PRO(Metric):
+class PRO(ListStateMetric):
     """Official MVTec AU-PRO as a torchmetrics ``Metric`` (exact by default; binned with ``num_thresholds``).
 
     Exact mode keeps every map (float32, flattened) and mask (uint8) plus each image's (H,W), as "cat" list
@@ -232,6 +238,7 @@ class PRO(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    _list_dtypes = {"maps": torch.float32, "masks": torch.uint8, "shapes": torch.int64}
 
     def __init__(self, fpr_limit: float = 0.3, num_thresholds: int | None = None,
                  min_score: float | None = None, max_score: float | None = None, **kwargs: Any) -> None:
