@@ -5,15 +5,16 @@ images; PRO = mean overlap over all regions (each region weighs the same); every
 (ties merged); trapezoid up to ``fpr_limit`` with linear interpolation at the limit, divided by the limit.
 
 Why it is fast: only thresholds down to the first curve point beyond the limit matter. With ``n_ok`` normal
-pixels, that point is at ``t*``, the (c+1)-th largest normal score where c is the largest false-positive count
-with c / n_ok <= limit. ``np.partition`` finds ``t*`` in linear time; then only pixels with score >= t* are
-sorted (about ``fpr_limit`` of the normal pixels plus the anomalous ones), as one ``uint64`` key per pixel
-(order-preserving score bits << 32 | global region id) -- a plain sort, no argsort. Points with FPR <= limit
-and the first point beyond it are exactly the official ones, so the integral is the official one.
+pixels, that point is at ``t*``, the (c+1)-th largest normal score, where c is the largest false-positive
+count with c / n_ok <= limit. ``np.partition`` finds ``t*`` in linear time. The curve only rises at anomalous
+scores, so it is traced exactly by two points per distinct anomalous score >= t*; the normal pixels enter only
+through counts, read off their sorted scores >= t* (about ``fpr_limit`` of them). The anomalous pixels are
+sorted as ``uint64`` keys (order-preserving score bits << 32 | global region id): a plain sort, no argsort.
+The polyline is the official one, so the integral is the official one (oracle: within 1.3e-8).
 
-Memory (measured with ``experiments/bench_metrics.py --scale``, 160 maps of 1024x1024 = 168 M pixels, limit
-0.3): the metric keeps 5 bytes/pixel of state (float32 map + uint8 mask); ``compute()`` adds a float32 copy of
-the normal scores and ~28 bytes per selected pixel. See docs/metrics.md for the measured peak RSS.
+Memory: the metric keeps 5 bytes/pixel of state (float32 map + uint8 mask, flattened). ``compute()`` adds a
+float32 copy of the normal scores (4 bytes/normal pixel) and ~50 bytes per anomalous pixel. Measured with
+``experiments/bench_metrics.py --scale`` on 160 maps of 1024x1024 (168 M pixels): see docs/metrics.md.
 
 ``num_thresholds=K`` switches to a binned approximation whose state is O(K) (histograms of false positives and
 of region-overlap weight per threshold bin), for evaluation that does not fit in memory.
@@ -131,8 +132,8 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
         labeled, n, weights = _label(mask)
         vals, lab = scores[mask], labeled[mask]
         sel = vals >= t_star
-        key = (_ordered_bits(vals[sel]).astype(np.uint64) << np.uint64(32)) | (lab[sel] + n_regions).astype(np.uint64)
-        keys.append(key)
+        region_id = lab[sel].astype(np.uint64) + np.uint64(n_regions)
+        keys.append((_ordered_bits(vals[sel]).astype(np.uint64) << np.uint64(32)) | region_id)
         region_weights.append(weights[1:])
         n_regions += n
     keys = np.concatenate(keys)
