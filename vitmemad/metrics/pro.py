@@ -13,7 +13,7 @@ sorted as ``uint64`` keys (order-preserving score bits << 32 | global region id)
 The polyline is the official one, so the integral is the official one (oracle: within 1.3e-8).
 
 Memory: the metric keeps 5 bytes/pixel of state (float32 map + uint8 mask, flattened). ``compute()`` adds a
-float32 copy of the normal scores (4 bytes/normal pixel) and ~50 bytes per anomalous pixel. Measured with
+float32 copy of the normal scores (4 bytes/normal pixel) and ~100 bytes per anomalous pixel. Measured with
 ``experiments/bench_metrics.py --scale`` on 160 maps of 1024x1024 (168 M pixels): see docs/metrics.md.
 
 ``num_thresholds=K`` switches to a binned approximation whose state is O(K) (histograms of false positives and
