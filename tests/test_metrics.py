@@ -131,7 +131,12 @@ def test_non_binary_masks_and_channel_dim(oracle):
     # Half-precision maps are upcast, never stored lower than float32.
     metric = PRO()
     metric.update(torch.from_numpy(maps).half(), torch.from_numpy(masks))
-    assert metric.maps[0].dtype == torch.float32
+    assert metric.maps[0].dtype == torch.float32 and metric.masks[0].dtype == torch.uint8
+    # The state is a copy: reusing the input buffer afterwards does not change the result.
+    metric, buffer = PRO(), torch.from_numpy(maps.copy())
+    metric.update(buffer, torch.from_numpy(masks))
+    buffer.zero_()
+    assert metric.compute().item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_compute_twice_and_reset(oracle):

@@ -266,7 +266,7 @@ class PRO(ListStateMetric):
         if maps.shape[0] == 0:
             return
         if self.num_thresholds is None:
-            self.maps.append(maps.reshape(-1))
+            self.maps.append(maps.reshape(-1).clone())  # own copy: never a view of the caller's buffer
             self.masks.append(gts.reshape(-1))
             hw = torch.tensor(maps.shape[1:], dtype=torch.int64, device=maps.device)
             self.shapes.append(hw.repeat(maps.shape[0]))
