@@ -199,9 +199,6 @@ def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float, check: bo
         del maps, masks
     out.update(seconds_generate=t_gen, seconds_update_all_metrics=t_update,
                peak_rss_MiB_updates=_rss_mib("VmHWM"), rss_MiB_holding_all_states=_rss_mib())
-    if check:
-        ref_maps = torch.cat(metrics["pro"].maps).numpy().reshape(n, h, w)
-        ref_masks = torch.cat(metrics["pro"].masks).numpy().reshape(n, h, w)
     for name, metric in metrics.items():
         _reset_peak_rss()
         before = _rss_mib()
@@ -211,7 +208,9 @@ def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float, check: bo
         out[f"{name}_compute_peak_rss_MiB"] = _rss_mib("VmHWM")
         out[f"{name}_compute_extra_MiB"] = _rss_mib("VmHWM") - before
     out["peak_rss_MiB"] = max(v for k, v in out.items() if k.startswith("peak_rss") or k.endswith("peak_rss_MiB"))
-    if check:
+    if check:  # copies made only now, so that they do not inflate the figures above
+        ref_maps = torch.cat(metrics["pro"].maps).numpy().reshape(n, h, w)
+        ref_masks = torch.cat(metrics["pro"].masks).numpy().reshape(n, h, w)
         for metric in metrics.values():
             metric.reset()
         _reset_peak_rss()
