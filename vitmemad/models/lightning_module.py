@@ -22,6 +22,7 @@ from .loss import ReconstructionLoss
 log = logging.getLogger(__name__)
 
 NUM_EXAMPLES = 8
+MAX_PIXELS_PER_BATCH = 200_000  # keeps torch.quantile's input small (its limit is 16 M elements)
 
 
 class AnomalyModule(L.LightningModule):
@@ -41,6 +42,14 @@ class AnomalyModule(L.LightningModule):
         self.pro = PRO(fpr_limit=fpr_limit)
         self.test_results: dict[str, Any] = {}
         self._reset_test_buffers()
+        # Decision thresholds, calibrated on normal validation images and saved in checkpoints.
+        calib = cfg.get("threshold") or {}
+        self.image_quantile = float(calib.get("image_quantile", 0.99))
+        self.pixel_quantile = float(calib.get("pixel_quantile", 0.999))
+        self.register_buffer("image_threshold", torch.tensor(float("nan")))
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
+        self._val_image_scores: list[torch.Tensor] = []
+        self._val_pixel_scores: list[torch.Tensor] = []
 
     # ---------------------------------------------------------------- training
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
@@ -67,6 +76,19 @@ class AnomalyModule(L.LightningModule):
         bs = batch["image"].shape[0]
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
+        self._val_image_scores.append(maps.flatten(1).amax(1).detach())
+        self._val_pixel_scores.append(_subsample(maps.detach().flatten(), MAX_PIXELS_PER_BATCH))
+
+    def on_validation_epoch_end(self) -> None:
+        """Calibrate the image and pixel thresholds as high quantiles of normal validation scores."""
+        if not self._val_image_scores:
+            return
+        image_scores = self.all_gather(torch.cat(self._val_image_scores)).flatten().float()
+        pixel_scores = self.all_gather(torch.cat(self._val_pixel_scores)).flatten().float()
+        self.image_threshold.fill_(torch.quantile(image_scores, self.image_quantile).item())
+        self.pixel_threshold.fill_(torch.quantile(pixel_scores, self.pixel_quantile).item())
+        self._val_image_scores.clear()
+        self._val_pixel_scores.clear()
 
     def configure_optimizers(self) -> Any:
         opt_cfg = self.cfg["model"]["optimizer"]
@@ -159,6 +181,14 @@ class AnomalyModule(L.LightningModule):
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self._records)
         return [r for part in gathered for r in part]
+
+
+def _subsample(values: torch.Tensor, limit: int) -> torch.Tensor:
+    """A deterministic, evenly strided subsample: quantiles stay accurate, memory stays bounded."""
+    if values.numel() <= limit:
+        return values
+    step = -(-values.numel() // limit)
+    return values[::step]
 
 
 def _safe_compute(metric: Any, name: str) -> float | None:
