@@ -1,0 +1,196 @@
+"""`python -m vitmemad.predict ckpt_path=PATH input=PATH output=DIR`: score your own images.
+
+``input`` is a file, a folder or a glob. For every image, in ``output=DIR``:
+
+- ``maps/<stem>.npy``: float32 anomaly map at the image's own resolution (H, W);
+- ``overlays/<stem>.png``: the map as a jet heatmap over the image;
+- ``masks/<stem>.png`` with ``masks=true``: map > pixel threshold, 0/255;
+- a record in ``predictions.csv`` (columns ``path, score, label, threshold, error``) and in
+  ``predictions.json`` (the same records as a list). ``score`` is the maximum of the map, ``label``
+  1 when score > threshold (anomalous), else 0. Files that cannot be read (corrupt, truncated, not
+  an image, decompression bomb) get a record whose ``error`` says why; score and label stay empty.
+
+Thresholds come from the checkpoint (calibrated on normal validation images during training);
+``threshold=`` replaces the image threshold, ``pixel_threshold=`` the pixel one. See docs/predict.md.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vitmemad import pipeline
+from vitmemad.inference import (
+    PredictDataset,
+    calibrated_thresholds,
+    collate_predict,
+    image_size_of,
+    list_inputs,
+    load_module,
+    output_names,
+    overlay_scale,
+    render_overlay,
+    resolve_device,
+)
+from vitmemad.models.anomaly_map import resize_maps
+from vitmemad.utils.io import atomic_write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("path", "score", "label", "threshold", "error")
+CSV_FILE = "predictions.csv"
+JSON_FILE = "predictions.json"
+SUBDIRS = ("maps", "overlays", "masks")
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds predictions and overwrite=true was not given."""
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output={out} exists and is not a folder")
+    existing = [name for name in (CSV_FILE, JSON_FILE) if (out / name).exists()]
+    existing += [f"{d}/" for d in SUBDIRS if (out / d).is_dir() and any((out / d).iterdir())]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"output={out} already holds predictions ({', '.join(existing)}); choose another output= "
+            "or pass overwrite=true to replace them"
+        )
+    if existing:
+        log.warning("overwrite=true: replacing predictions in %s; files of an earlier run that this run does not "
+                    "rewrite stay in place (predictions.csv lists this run's images)", out)
+
+
+def _finite_or_none(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{key}={value} must be a finite number")
+    return v
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _csv_bytes(records: list[dict[str, Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in records:
+        writer.writerow(["" if r[c] is None else (repr(r[c]) if isinstance(r[c], float) else r[c]) for c in COLUMNS])
+    return buffer.getvalue().encode("utf-8")
+
+
+def _excluding_output(paths: list[Path], out: Path) -> list[Path]:
+    """Never score our own outputs (e.g. input='imgs/**/*.png' output=imgs/pred)."""
+    out_resolved = out.resolve()
+    kept = [p for p in paths if not p.resolve().is_relative_to(out_resolved)]
+    if len(kept) < len(paths):
+        log.info("Ignoring %d input file(s) inside output=%s", len(paths) - len(kept), out)
+    return kept
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Score every input image, write the outputs, return the records (one per input file)."""
+    out = Path(str(cfg.output)).expanduser()
+    check_output_dir(out, bool(cfg.get("overwrite", False)))
+    if cfg.get("max_image_pixels") is not None:
+        Image.MAX_IMAGE_PIXELS = int(cfg.max_image_pixels)
+    pipeline.configure_threads(cfg.get("num_threads"))
+    paths = list_inputs(str(cfg.input))
+    paths = _excluding_output(paths, out)
+    if not paths:
+        raise FileNotFoundError(f"input={cfg.input}: every matching file is inside output={out}")
+
+    device = resolve_device(cfg.get("device", "cpu"))
+    module = load_module(cfg.ckpt_path, device)
+    image_thr, pixel_thr = calibrated_thresholds(module)
+    if cfg.get("threshold") is not None:
+        image_thr = _finite_or_none(cfg.threshold, "threshold")
+    if cfg.get("pixel_threshold") is not None:
+        pixel_thr = _finite_or_none(cfg.pixel_threshold, "pixel_threshold")
+    write_masks, write_overlays = bool(cfg.get("masks", False)), bool(cfg.get("overlays", True))
+    if write_masks and pixel_thr is None:
+        raise ValueError(f"masks=true needs a pixel threshold, but {cfg.ckpt_path} has none calibrated; "
+                         "pass pixel_threshold=VALUE")
+    if image_thr is None:
+        log.warning("%s has no calibrated image threshold and threshold= was not given: labels stay empty",
+                    cfg.ckpt_path)
+    log.info("Scoring %d file(s) from %s with %s (image threshold %s, pixel threshold %s) on %s",
+             len(paths), cfg.input, cfg.ckpt_path, image_thr, pixel_thr, device)
+
+    names = output_names(paths)
+    dataset = PredictDataset(paths, image_size_of(module), cfg.get("max_image_pixels"))
+    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers),
+                        collate_fn=collate_predict)
+    records: list[dict[str, Any] | None] = [None] * len(paths)
+    progress = tqdm(total=len(paths), unit="img", desc="predict", disable=not cfg.get("progress", True),
+                    file=sys.stderr, dynamic_ncols=True)
+    with progress, torch.inference_mode():
+        for batch in loader:
+            if batch["images"] is not None:
+                maps, _ = module.score(batch["images"].to(device))
+                for j, idx in enumerate(batch["ok"]):
+                    full = resize_maps(maps[j : j + 1].float(), batch["size"][idx])[0].cpu()
+                    score = float(full.max())
+                    name = names[idx]
+                    atomic_write_bytes(out / "maps" / f"{name}.npy", _npy_bytes(full.numpy().astype(np.float32)))
+                    if write_overlays:
+                        vmin, vmax = overlay_scale(image_thr, full)
+                        overlay = render_overlay(batch["original"][idx], full, vmin, vmax)
+                        atomic_write_bytes(out / "overlays" / f"{name}.png", _png_bytes(overlay))
+                    if write_masks:
+                        mask = ((full > pixel_thr).numpy().astype(np.uint8)) * 255
+                        atomic_write_bytes(out / "masks" / f"{name}.png", _png_bytes(mask))
+                    label = None if image_thr is None else int(score > image_thr)
+                    records[idx] = {"path": str(paths[idx]), "score": score, "label": label,
+                                    "threshold": image_thr, "error": None}
+            for idx, error in batch["error"].items():
+                log.warning("Skipping %s: %s", paths[idx], error)
+                records[idx] = {"path": str(paths[idx]), "score": None, "label": None,
+                                "threshold": image_thr, "error": error}
+            progress.update(len(batch["index"]))
+
+    done = [r for r in records if r is not None]
+    assert len(done) == len(paths), "every input gets exactly one record"
+    atomic_write_bytes(out / CSV_FILE, _csv_bytes(done))
+    write_json(out / JSON_FILE, done)
+    n_err = sum(1 for r in done if r["error"])
+    n_anom = sum(1 for r in done if r["label"] == 1)
+    summary = (f"[vitmemad] predict: {len(done) - n_err} image(s) scored, {n_anom} anomalous, "
+               f"{n_err} skipped with errors -> {out / CSV_FILE}")
+    log.info(summary)
+    print(summary)
+    return done
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
