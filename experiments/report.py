@@ -241,10 +241,14 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
 
 def category_mean(by_cat: dict[str, list[dict]], metric: str) -> tuple[float | None, float | None, list[str]]:
     """Mean over categories of the per-category means, the std over seeds of per-seed category means, and
-    the categories that have a value. The std uses only seeds that cover every one of those categories."""
+    the categories that have a value. The std uses only seeds that cover every one of those categories;
+    with a single category it is that category's std over runs."""
     cats = [c for c, runs in by_cat.items() if any(r[metric] is not None for r in runs)]
     if not cats:
         return None, None, []
+    if len(cats) == 1:
+        mean, std, _ = mean_std(r[metric] for r in by_cat[cats[0]])
+        return mean, std, cats
     overall = math.fsum(mean_std(r[metric] for r in by_cat[c])[0] for c in cats) / len(cats)
     seeds = sorted({r["seed"] for c in cats for r in by_cat[c]}, key=lambda s: (s is None, s or 0))
     seed_means = []
@@ -372,6 +376,11 @@ def per_category_section(dataset: str, model: str, ablation: str | None, runs: l
     rows.append(mean_row)
     out += md_table(header, rows)
     out.append("")
+    mixed = [c for c, cruns in by_cat.items() if len({r["epochs"] for r in cruns}) > 1]
+    if mixed:
+        out.append(f"Note: runs with different epoch counts are averaged together ({', '.join(mixed)}); "
+                   "see results.csv for each run.")
+        out.append("")
     if with_paper:
         printed = ", ".join(
             f"{METRIC_LABELS[m]} {fmt_paper(printed_average(_ours_table(dataset, m), 'Ours', m))}" for m in METRICS)

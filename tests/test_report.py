@@ -327,3 +327,19 @@ def test_cli_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "report.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no metrics.json found" in proc.stderr
+
+
+def test_mean_row_std_over_seeds_across_categories(tmp_path):
+    # brick: 60 / 80, grass: 70 / 90 (seeds 0 / 1) -> per-seed means 65 / 85 -> 75.0 ± 14.1
+    for cat, base in (("brick", 0.6), ("grass", 0.7)):
+        for seed in (0, 1):
+            _write(tmp_path, f"{cat}{seed}", category=cat, seed=seed, epochs=2 + seed,
+                   image_AUROC=base + 0.2 * seed, pixel_AUROC=None, PRO=0.5)
+    _, md_path = report.write_report(report.collect([tmp_path]), tmp_path)
+    md = md_path.read_text()
+    rows = _table_after(md, "### demo: model `vitmemad_cpu`")
+    assert [r[0] for r in rows] == ["brick", "grass", "**mean (2 categories)**"]
+    assert rows[0][3] == "70.0 ± 14.1" and rows[1][3] == "80.0 ± 14.1"
+    assert rows[2][3] == f"75.0 ± {100 * math.sqrt(2 * 0.1 ** 2):.1f}" == "75.0 ± 14.1"
+    assert rows[2][4] == "—" and rows[2][5] == "50.0 ± 0.0"
+    assert rows[2][2] == "2–3" and "different epoch counts" in md
