@@ -31,12 +31,34 @@ from vitmemad.data.errors import DatasetError
 from vitmemad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image
 from vitmemad.data.transforms import preprocess
 from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.utils.io import atomic_write_bytes
 from vitmemad.utils.visualize import colorize
 
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = frozenset("*?[")
 OVERLAY_ALPHA = 0.5
+
+
+# ---------------------------------------------------------------- files
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_output(path: str | Path, data: bytes) -> None:
+    """``atomic_write_bytes`` plus the permissions a plain ``open(path, "w")`` would give
+    (its temporary file is created 0600 by mkstemp)."""
+    atomic_write_bytes(path, data)
+    make_readable(path)
+
+
+def make_readable(path: str | Path) -> None:
+    os.chmod(path, _FILE_MODE)
+
+
+_FILE_MODE = _default_file_mode()
 
 
 # ---------------------------------------------------------------- checkpoint

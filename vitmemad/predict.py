@@ -39,13 +39,15 @@ from vitmemad.inference import (
     image_size_of,
     list_inputs,
     load_module,
+    make_readable,
     output_names,
     overlay_scale,
     render_overlay,
     resolve_device,
+    write_output,
 )
+from vitmemad.utils.io import write_json
 from vitmemad.models.anomaly_map import resize_maps
-from vitmemad.utils.io import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +159,14 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                     full = resize_maps(maps[j : j + 1].float(), batch["size"][idx])[0].cpu()
                     score = float(full.max())
                     name = names[idx]
-                    atomic_write_bytes(out / "maps" / f"{name}.npy", _npy_bytes(full.numpy().astype(np.float32)))
+                    write_output(out / "maps" / f"{name}.npy", _npy_bytes(full.numpy().astype(np.float32)))
                     if write_overlays:
                         vmin, vmax = overlay_scale(image_thr, full)
                         overlay = render_overlay(batch["original"][idx], full, vmin, vmax)
-                        atomic_write_bytes(out / "overlays" / f"{name}.png", _png_bytes(overlay))
+                        write_output(out / "overlays" / f"{name}.png", _png_bytes(overlay))
                     if write_masks:
                         mask = ((full > pixel_thr).numpy().astype(np.uint8)) * 255
-                        atomic_write_bytes(out / "masks" / f"{name}.png", _png_bytes(mask))
+                        write_output(out / "masks" / f"{name}.png", _png_bytes(mask))
                     label = None if image_thr is None else int(score > image_thr)
                     records[idx] = {"path": str(paths[idx]), "score": score, "label": label,
                                     "threshold": image_thr, "error": None}
@@ -176,8 +178,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
     done = [r for r in records if r is not None]
     assert len(done) == len(paths), "every input gets exactly one record"
-    atomic_write_bytes(out / CSV_FILE, _csv_bytes(done))
+    write_output(out / CSV_FILE, _csv_bytes(done))
     write_json(out / JSON_FILE, done)
+    make_readable(out / JSON_FILE)
     n_err = sum(1 for r in done if r["error"])
     n_anom = sum(1 for r in done if r["label"] == 1)
     summary = (f"[vitmemad] predict: {len(done) - n_err} image(s) scored, {n_anom} anomalous, "
