@@ -1,0 +1,92 @@
+"""`vitmemad.export`: ONNX of the scoring graph equals PyTorch within 1e-4, any batch size; never
+overwrites silently; the throughput benchmark runs both runtimes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from helpers import TINY_DEMO, read_metrics, run_module
+from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
+from vitmemad.export import benchmark_inference, export, export_onnx, onnx_session
+from vitmemad.inference import calibrated_thresholds, image_size_of, load_module
+from vitmemad.models.lightning_module import AnomalyModule
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    run_dir = tmp_path_factory.mktemp("train")
+    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    return read_metrics(run_dir)["ckpt_path"]
+
+
+def images(batch: int, size: int, seed: int) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def assert_matches_torch(onnx_path: Path, module: AnomalyModule) -> None:
+    session = onnx_session(onnx_path)
+    size = image_size_of(module)
+    for seed, batch in enumerate((1, 3)):
+        x = images(batch, size, seed)
+        with torch.inference_mode():
+            ref, _ = module.score(x)
+        (got,) = session.run(["maps"], {"images": x.numpy()})
+        assert got.shape == (batch, size, size)
+        np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-4)
+
+
+def test_export_cli_default_path_and_no_silent_overwrite(tmp_path, ckpt):
+    default = Path(ckpt).parent / "model.onnx"
+    assert not default.exists()
+    run_module("vitmemad.export", f"ckpt_path={ckpt}", "format=onnx", f"hydra.run.dir={tmp_path / 'run1'}")
+    assert default.is_file()
+
+    module = load_module(ckpt)
+    assert not module.training
+    assert_matches_torch(default, module)
+    meta = {p.key: p.value for p in onnx.load(str(default)).metadata_props}
+    image_thr, _ = calibrated_thresholds(module)
+    assert float(meta["vitmemad.image_threshold"]) == pytest.approx(image_thr)
+    assert int(meta["vitmemad.image_size"]) == image_size_of(module)
+
+    before = default.read_bytes()
+    refused = run_module("vitmemad.export", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run2'}", check=False)
+    assert refused.returncode != 0 and "already exists" in refused.stderr + refused.stdout
+    assert default.read_bytes() == before
+
+    run_module("vitmemad.export", f"ckpt_path={ckpt}", "overwrite=true", f"output={tmp_path / 'out' / 'm.onnx'}",
+               f"hydra.run.dir={tmp_path / 'run3'}")
+    assert_matches_torch(tmp_path / "out" / "m.onnx", module)
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("source", ["both"])
+def test_ssim_anomaly_maps_export(tmp_path, ckpt, source):
+    """The 1 - SSIM source (kornia's SSIM, Gaussian window) exports too."""
+    raw = load_checkpoint(ckpt)
+    cfg = raw["hyper_parameters"]["cfg"]
+    cfg["anomaly_map"] = {**cfg["anomaly_map"], "source": source}
+    module = AnomalyModule(cfg)
+    load_state_dict_strict(module, raw["state_dict"], ckpt)
+    module.eval()
+    info = export_onnx(module, tmp_path / "ssim.onnx")
+    assert info["max_abs_diff"] <= 1e-4 and info["verified_batch_sizes"] == [1, 3]
+    assert_matches_torch(tmp_path / "ssim.onnx", module)
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_onnx(module, tmp_path / "ssim.onnx")
+
+
+def test_unknown_format_is_refused(ckpt):
+    with pytest.raises(ValueError, match="format=tensorrt is not supported"):
+        export(OmegaConf.create({"ckpt_path": ckpt, "format": "tensorrt", "output": None}))
+
+
+def test_benchmark_reports_both_runtimes():
+    result = benchmark_inference("vitmemad_cpu", batch_size=2, rounds=2, warmup=1, threads=1, overrides=("debug=smoke",))
+    assert result["torch_images_per_s"] > 0 and result["onnxruntime_images_per_s"] > 0
+    assert result["image_size"] == 64 and result["max_abs_diff"] <= 1e-4
