@@ -106,6 +106,18 @@ def _csv_bytes(records: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def write_image_outputs(out: Path, name: str, amap: torch.Tensor, original: np.ndarray, image_thr: float | None,
+                        pixel_thr: float | None, overlays: bool) -> None:
+    """maps/<name>.npy; overlays/<name>.png when ``overlays``; masks/<name>.png when ``pixel_thr`` is given."""
+    write_output(out / "maps" / f"{name}.npy", _npy_bytes(amap.numpy().astype(np.float32)))
+    if overlays:
+        vmin, vmax = overlay_scale(image_thr, amap)
+        write_output(out / "overlays" / f"{name}.png", _png_bytes(render_overlay(original, amap, vmin, vmax)))
+    if pixel_thr is not None:
+        mask = (amap > pixel_thr).numpy().astype(np.uint8) * 255
+        write_output(out / "masks" / f"{name}.png", _png_bytes(mask))
+
+
 def _excluding_output(paths: list[Path], out: Path) -> list[Path]:
     """Never score our own outputs (e.g. input='imgs/**/*.png' output=imgs/pred)."""
     out_resolved = out.resolve()
@@ -158,15 +170,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 for j, idx in enumerate(batch["ok"]):
                     full = resize_maps(maps[j : j + 1].float(), batch["size"][idx])[0].cpu()
                     score = float(full.max())
-                    name = names[idx]
-                    write_output(out / "maps" / f"{name}.npy", _npy_bytes(full.numpy().astype(np.float32)))
-                    if write_overlays:
-                        vmin, vmax = overlay_scale(image_thr, full)
-                        overlay = render_overlay(batch["original"][idx], full, vmin, vmax)
-                        write_output(out / "overlays" / f"{name}.png", _png_bytes(overlay))
-                    if write_masks:
-                        mask = ((full > pixel_thr).numpy().astype(np.uint8)) * 255
-                        write_output(out / "masks" / f"{name}.png", _png_bytes(mask))
+                    if not math.isfinite(score):  # a broken checkpoint: say so rather than write NaN maps
+                        batch["error"][idx] = f"the anomaly map is not finite ({score}); is the checkpoint broken?"
+                        continue
+                    write_image_outputs(out, names[idx], full, batch["original"][idx], image_thr,
+                                        pixel_thr if write_masks else None, write_overlays)
                     label = None if image_thr is None else int(score > image_thr)
                     records[idx] = {"path": str(paths[idx]), "score": score, "label": label,
                                     "threshold": image_thr, "error": None}
