@@ -32,9 +32,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# Buffers added after the first checkpoints were written; older checkpoints load without them.
+OPTIONAL_KEYS = frozenset({"image_threshold", "pixel_threshold"})
+
+
 def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
     """Like ``load_state_dict(strict=True)`` but the error names every mismatched key and shape."""
     own = module.state_dict()
+    state_dict = {**{k: own[k] for k in OPTIONAL_KEYS & set(own) - set(state_dict)}, **state_dict}
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = [
