@@ -12,6 +12,7 @@ from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
 from vitmemad.checkpoint import load_checkpoint
 from vitmemad.data import DemoDataModule, collate
 from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.pipeline import DATA_CONFIG_ONLY
 
 CONF = str(REPO_ROOT / "conf")
 CONTRACT_KEYS = {
@@ -54,7 +55,7 @@ def test_one_batch_training_step_reduces_the_loss():
     cfg = compose_train(*TINY_DEMO)
     torch.manual_seed(0)
     module = AnomalyModule(cfg)
-    dm = DemoDataModule(**{k: v for k, v in cfg["data"].items() if k not in ("_target_", "name")})
+    dm = DemoDataModule(**{k: v for k, v in cfg["data"].items() if k not in ("_target_", *DATA_CONFIG_ONLY)})
     dm.setup("fit")
     batch = collate([dm.train_dataset[i] for i in range(8)])
     opt = module.configure_optimizers()

@@ -13,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils.io import write_json
 from vitmemad.utils.provenance import provenance
@@ -44,9 +45,14 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
+#: data config keys that are not datamodule arguments
+DATA_CONFIG_ONLY = ("name", "categories", *labelled_split.CONFIG_KEYS)
+
+
 def build_datamodule(data_cfg: dict[str, Any]) -> L.LightningDataModule:
-    kwargs = {k: v for k, v in data_cfg.items() if k != "name"}
-    return hydra.utils.instantiate(kwargs, _convert_="all")
+    kwargs = {k: v for k, v in data_cfg.items() if k not in DATA_CONFIG_ONLY}
+    datamodule = hydra.utils.instantiate(kwargs, _convert_="all")
+    return labelled_split.wrap(datamodule, data_cfg)  # itself unless data.labelled_val_fraction is set
 
 
 def model_name(cfg: dict[str, Any]) -> str:
@@ -82,6 +88,8 @@ def metrics_record(
         "ckpt_path": ckpt_path,
         "per_defect": results.get("per_defect", {}),
         "num_test_images": results.get("num_test_images"),
+        "labelled_val_fraction": data_cfg.get("labelled_val_fraction"),
+        "memory": results.get("memory"),
         "image_size": data_cfg.get("image_size"),
         "anomaly_map": cfg.get("anomaly_map"),
         "pro_fpr_limit": cfg.get("metrics", {}).get("pro_fpr_limit", 0.3),

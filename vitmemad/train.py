@@ -15,7 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from vitmemad import pipeline
+from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.utils import hydra_resolvers, wandb_logging  # noqa: F401  (registers ${vitmemad.sweep:...})
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -54,12 +56,13 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     resume = resume_path(cfg.get("ckpt_path"), output_dir)
+    labelled_split.check_optimized_metric(cfg.get("optimized_metric"), cfg.get("data"))
     L.seed_everything(cfg.seed, workers=True)
     pipeline.configure_threads(cfg.get("num_threads"))
     run_cfg = pipeline.resolved_config(cfg)
     datamodule = pipeline.build_datamodule(run_cfg["data"])
     module = AnomalyModule(run_cfg)
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg) + labelled_split.callbacks_for(datamodule)  # val/image_AUROC if labelled
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False)
 
     with pipeline.Timer() as timer:
@@ -77,13 +80,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             run_cfg, module, epochs=trainer.current_epoch, train_seconds=round(timer.seconds, 2), ckpt_path=ckpt
         )
         pipeline.write_test_outputs(output_dir, record, module)
+        wandb_logging.log_test_results(test_trainer.loggers, record, output_dir)
         result["metrics"] = record
     return result
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)["optimized_metric"]
+    try:
+        return train(cfg)["optimized_metric"]
+    finally:
+        wandb_logging.finish()  # each job of a multirun gets its own W&B run
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
 from .anomaly_map import AnomalyMapGenerator, resize_maps
 from .factory import build_model, has_ablation
 from .loss import ReconstructionLoss
+from .memory_stats import MemoryUsageHook
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class AnomalyModule(L.LightningModule):
         maps = self.anomaly_map(batch["image"], out["reconstruction"])
         bs = batch["image"].shape[0]
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True)
+        # the same yardstick whatever the loss weights: what a normal-only lambda search selects on
+        self.log("val/recon_unweighted", terms["l2"] + terms["ssim"], on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
         self._val_image_scores.append(maps.flatten(1).amax(1).detach())
         self._val_pixel_scores.append(_subsample(maps.detach().flatten(), MAX_PIXELS_PER_BATCH))
@@ -118,9 +121,11 @@ class AnomalyModule(L.LightningModule):
         self._records: list[tuple[float, int, str]] = []
         self.examples: dict[str, list[torch.Tensor]] = {"image": [], "reconstruction": [], "map": [], "mask": []}
         self._has_masks = True
+        self._memory_hook: MemoryUsageHook | None = None
 
     def on_test_epoch_start(self) -> None:
         self._reset_test_buffers()
+        self._memory_hook = MemoryUsageHook(self.model)  # addressing diagnostics over the test set
         dm = getattr(self.trainer, "datamodule", None)
         self._has_masks = bool(getattr(dm, "has_masks", True))
 
@@ -167,7 +172,9 @@ class AnomalyModule(L.LightningModule):
             "PRO": _safe_compute(self.pro, "PRO") if self._has_masks else None,
             "per_defect": per_defect_auroc(records),
             "num_test_images": len(records),
+            "memory": self._memory_hook.detach() if self._memory_hook is not None else None,
         }
+        self._memory_hook = None
         for metric in (self.image_auroc, self.pixel_auroc, self.pro):
             metric.reset()
         self.test_results = results

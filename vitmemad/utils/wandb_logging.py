@@ -1,0 +1,132 @@
+"""Weights & Biases for `logger=wandb` (conf/logger/wandb.yaml): the logger, and what a run logs after testing.
+
+During training Lightning logs the hyperparameters (the resolved run config, under ``cfg``) and the loss terms
+(``train/*``, ``val/*``). After the test, ``log_test_results`` adds:
+
+- summary: ``test/image_AUROC``, ``test/pixel_AUROC``, ``test/PRO`` (exact, as in metrics.json; left out when
+  null), ``test/num_test_images``, the memory diagnostics ``test/memory/mean_entropy``,
+  ``test/memory/unused_fraction``, ``test/memory/never_top1_fraction``, ``test/memory/mean_active_items``,
+  and ``category``, ``dataset``, ``model``, ``ablation``, ``seed``;
+- ``test/examples``: the examples.png grid (input | reconstruction | anomaly map | ground truth);
+- ``test/summary``: a table with one row per category (this run's), so the tables of a sweep's runs
+  concatenate into a per-category table in the W&B UI; ``test/per_defect``: image AUROC per defect type;
+- ``test/memory/usage`` (mean addressing weight of each memory item) and ``test/memory/top1_usage`` as
+  histograms over the item index.
+
+Runs are offline unless WANDB_MODE says otherwise (``wandb sync <run dir>/wandb/offline-run-*`` uploads them).
+In a multirun every job gets the sweep folder's name as its W&B group.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "dataset", "category", "model", "ablation", "seed", "epochs",
+    "image_AUROC", "pixel_AUROC", "PRO", "num_test_images", "train_seconds",
+)
+MEMORY_SCALARS = ("mean_entropy", "max_entropy", "unused_fraction", "never_top1_fraction", "mean_active_items")
+
+
+def _hydra_config() -> Any | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+
+
+def sweep_group() -> str | None:
+    """The sweep folder's name in a Hydra multirun (shared by all its jobs), else None."""
+    hc = _hydra_config()
+    if hc is None:
+        return None
+    from hydra.types import RunMode
+
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(hc.sweep.dir)).name or None
+
+
+def choice_tags() -> list[str]:
+    """``model:vitmemad_cpu``, ``data:demo``, ``ablation:m_ca``, ``experiment:...`` from Hydra's choices."""
+    hc = _hydra_config()
+    if hc is None:
+        return []
+    choices = hc.runtime.choices
+    return [f"{k}:{choices[k]}" for k in ("data", "model", "ablation", "experiment", "hparams_search")
+            if choices.get(k) not in (None, "null")][:20]
+
+
+def wandb_logger(*, save_dir: str, group: str | None = None, tags: Iterable[str] = (), **kwargs: Any):
+    """A Lightning ``WandbLogger``; ``group`` defaults to the sweep folder's name in a multirun."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    all_tags = list(dict.fromkeys([*(tags or []), *choice_tags()]))
+    return WandbLogger(save_dir=save_dir, group=group or sweep_group(), tags=all_tags, **kwargs)
+
+
+def wandb_loggers(loggers: Iterable[Any]) -> list[Any]:
+    if "lightning.pytorch.loggers.wandb" not in sys.modules:
+        return []
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in loggers or [] if isinstance(lg, WandbLogger)]
+
+
+def _bars(values: list[float]) -> Any:
+    """A histogram whose bar i is item i's value."""
+    import numpy as np
+    import wandb
+
+    return wandb.Histogram(np_histogram=(np.asarray(values, dtype=float), np.arange(len(values) + 1, dtype=float)))
+
+
+def log_test_results(loggers: Iterable[Any], record: dict[str, Any], output_dir: str | Path,
+                     examples_file: str = "examples.png") -> None:
+    """Log the test metrics, examples grid, per-category table and memory diagnostics to every W&B logger."""
+    for logger in wandb_loggers(loggers):
+        try:
+            _log_one(logger, record, Path(output_dir) / examples_file)
+        except Exception as err:  # a logging failure must not lose a finished run's metrics.json
+            log.warning("W&B logging of the test results failed: %s", err)
+
+
+def _log_one(logger: Any, record: dict[str, Any], examples: Path) -> None:
+    import wandb
+
+    run = logger.experiment
+    summary: dict[str, Any] = {f"test/{k}": record[k] for k in ("image_AUROC", "pixel_AUROC", "PRO")
+                               if record.get(k) is not None}
+    summary["test/num_test_images"] = record.get("num_test_images")
+    summary.update({k: record.get(k) for k in ("category", "dataset", "model", "ablation", "seed")})
+    memory = record.get("memory")
+    media: dict[str, Any] = {}
+    if memory:
+        summary.update({f"test/memory/{k}": memory[k] for k in MEMORY_SCALARS if k in memory})
+        media["test/memory/usage"] = _bars(memory["usage"])
+        media["test/memory/top1_usage"] = _bars(memory["top1_usage"])
+    media["test/summary"] = wandb.Table(columns=list(SUMMARY_COLUMNS),
+                                        data=[[record.get(c) for c in SUMMARY_COLUMNS]])
+    media["test/per_defect"] = wandb.Table(
+        columns=["category", "defect", "image_AUROC"],
+        data=[[record.get("category"), d, v] for d, v in sorted((record.get("per_defect") or {}).items())],
+    )
+    if examples.is_file():
+        media["test/examples"] = wandb.Image(
+            str(examples), caption="input | reconstruction | anomaly map | ground truth")
+    run.log(media)
+    run.summary.update(summary)
+
+
+def finish(exit_code: int | None = None) -> None:
+    """End the active W&B run (if any): every job of a multirun gets its own run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
