@@ -171,3 +171,18 @@ def test_anomaly_map_sources_and_resize():
 def test_ssim_map_is_one_for_identical_images():
     x = torch.rand(1, 3, 24, 24)
     torch.testing.assert_close(ssim_map(x, x), torch.ones(1, 3, 24, 24), atol=1e-4, rtol=0)
+
+
+def test_memory_feature_initialisation_samples_queries_once():
+    model = ViTMemAE(**SMALL, memory_size=10, memory_init="features")
+    assert not bool(model.memory.initialized)
+    x = torch.randn(2, 3, 64, 64)
+    assert model.initialize_memory(x, torch.Generator().manual_seed(0))
+    queries = model.encoder(x).flatten(2).transpose(1, 2).reshape(-1, 32)
+    # every item is one of the 32 encoder queries, all distinct
+    dist = torch.cdist(model.memory.items.detach(), queries.detach(), compute_mode="donot_use_mm_for_euclid_dist")
+    assert (dist.min(dim=1).values < 1e-5).all() and dist.argmin(dim=1).unique().numel() == 10
+    before = model.memory.items.detach().clone()
+    assert not model.initialize_memory(torch.randn(2, 3, 64, 64))  # only once; the flag is saved
+    assert torch.equal(before, model.memory.items) and "memory.initialized" in model.state_dict()
+    assert not ViTMemAE(**SMALL, memory_size=10).initialize_memory(x)  # init="random": nothing to do

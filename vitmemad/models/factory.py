@@ -37,6 +37,7 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         memory_temperature=mem["temperature"],
         memory_addressing=mem["addressing"],
         memory_shrink_threshold=mem.get("shrink_threshold"),
+        memory_init=mem.get("init", "random"),
         use_coord_attention=use_ca,
         ca_reduction=ca["reduction"],
         decoder_channels=tuple(model_cfg["decoder"]["channels"]),

@@ -60,6 +60,19 @@ class AnomalyModule(L.LightningModule):
         out = self.model(images)
         return self.criterion(images, out["reconstruction"], out["memory_weights"]), out
 
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Initialise memory items from the first batch's encoder features (``memory.init=features``)."""
+        initialize = getattr(self.model, "initialize_memory", None)
+        if initialize is None:
+            return
+        generator = torch.Generator().manual_seed(int(self.cfg.get("seed") or 0))
+        was_training = self.model.training
+        self.model.eval()  # no BatchNorm statistics update from this extra pass
+        done = initialize(batch["image"], generator)
+        self.model.train(was_training)
+        if done and dist.is_available() and dist.is_initialized():
+            dist.broadcast(self.model.memory.items.data, src=0)  # every rank starts from rank 0's sample
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms, _ = self._loss(batch["image"])
         if not torch.isfinite(terms["loss"]):

@@ -30,6 +30,7 @@ class ViTMemAE(nn.Module):
         memory_temperature: float = 1.0,
         memory_addressing: str = "cosine",
         memory_shrink_threshold: float | None = None,
+        memory_init: str = "random",
         use_coord_attention: bool = True,
         ca_reduction: int = 32,
         decoder_channels: Sequence[int] = (512, 256, 128, 64, 32),
@@ -40,12 +41,23 @@ class ViTMemAE(nn.Module):
             raise ValueError(f"patch_size must be 16 (the decoder upsamples by 2^4), got {patch_size}")
         self.encoder = ViTEncoder(image_size, patch_size, 3, embed_dim, depth, num_heads, mlp_ratio)
         self.memory = (
-            MemoryModule(memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold)
+            MemoryModule(
+                memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold, init=memory_init
+            )
             if use_memory
             else None
         )
         self.coord_attention = CoordinateAttention(embed_dim, ca_reduction) if use_coord_attention else None
         self.decoder = TransposedConvDecoder(embed_dim, decoder_channels, 3)
+
+    @torch.no_grad()
+    def initialize_memory(self, x: torch.Tensor, generator: torch.Generator | None = None) -> bool:
+        """Data-dependent memory initialisation from a batch (no-op unless ``init='features'`` and not done)."""
+        if self.memory is None or bool(self.memory.initialized):
+            return False
+        queries = self.encoder(x).flatten(2).transpose(1, 2)
+        self.memory.initialize_from(queries, generator)
+        return True
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         features = self.encoder(x)
