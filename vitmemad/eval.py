@@ -10,7 +10,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vitmemad import pipeline
+from vitmemad import cli, pipeline
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.models.lightning_module import AnomalyModule
 
@@ -50,4 +50,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # user errors: one line on stderr, exit 2 (vitmemad/cli.py)

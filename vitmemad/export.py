@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vitmemad import pipeline
+from vitmemad import cli, pipeline
 from vitmemad.inference import ScoringModel, calibrated_thresholds, image_size_of, load_module, make_readable
 from vitmemad.models.lightning_module import AnomalyModule
 
@@ -264,4 +264,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # user errors: one line on stderr, exit 2 (vitmemad/cli.py)

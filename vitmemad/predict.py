@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vitmemad import pipeline
+from vitmemad import cli, pipeline
 from vitmemad.inference import (
     PredictDataset,
     calibrated_thresholds,
@@ -204,4 +204,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # user errors: one line on stderr, exit 2 (vitmemad/cli.py)

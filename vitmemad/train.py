@@ -14,16 +14,17 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vitmemad import pipeline
+from vitmemad import cli, pipeline
 from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils import hydra_resolvers, wandb_logging  # noqa: F401  (registers ${vitmemad.sweep:...})
+from vitmemad.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(FileExistsError):
     """The output directory already holds a finished run."""
 
 
@@ -63,7 +64,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = pipeline.build_datamodule(run_cfg["data"])
     module = AnomalyModule(run_cfg)
     callbacks = build_callbacks(cfg) + labelled_split.callbacks_for(datamodule)  # val/image_AUROC if labelled
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False,
+        plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a truncated checkpoint
+    )
 
     with pipeline.Timer() as timer:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -94,4 +98,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)  # user errors: one line on stderr, exit 2 (vitmemad/cli.py)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence, Sized
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .errors import DatasetError
 from .io import image_size as file_image_size
-from .io import load_image, load_mask
+from .io import load_image, load_mask, verify_image_file
 from .transforms import resize_rgb_uint8, uint8_to_input
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,37 @@ class AnomalyDataset(Dataset):
         }
 
 
+class EpochRandomSampler(RandomSampler):
+    """A shuffle that depends only on (seed, epoch), so a run resumed from an epoch-end checkpoint
+    sees exactly the batches an uninterrupted run sees.
+
+    Lightning calls ``set_epoch`` before every training epoch; a loader iterated without it moves
+    on to the next epoch's order on each pass. Under DDP Lightning swaps any ``RandomSampler`` for a
+    ``DistributedSampler``, which is seeded by (seed, epoch) as well.
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch, 2]).permutation(len(self.data_source))
+        self.epoch += 1
+        return iter(order.tolist())
+
+
+def check_files(samples: Sequence[Sample]) -> None:
+    """Every image and mask file is complete and readable (see ``io.verify_image_file``)."""
+    for s in samples:
+        verify_image_file(s.path)
+        if s.mask_path is not None:
+            verify_image_file(s.mask_path)
+
+
 def split_holdout(
     samples: Sequence[Sample], fraction: float, seed: int, salt: int = 0
 ) -> tuple[list[Sample], list[Sample]]:
@@ -214,6 +245,9 @@ class AnomalyDataModule(L.LightningDataModule):
     """
 
     has_masks: bool = True
+    #: check at setup that every image and mask file is readable, so a half-copied dataset fails
+    #: before training rather than at its first bad batch (the in-memory demo turns it off)
+    verify_files: bool = True
     #: flips that augment=True enables: "" (none), "h" or "hv"; subclasses choose per category.
     flips: str = ""
 
@@ -276,6 +310,8 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.train_dataset is not None:
             return
         train_all, test = self.samples()
+        if self.verify_files:
+            check_files([*train_all, *test])
         train, val = split_holdout(train_all, self.val_fraction, self.seed, salt=1)
         self.train_dataset = self._dataset(train, train=True)
         self.val_dataset = self._dataset(val, train=False)
@@ -286,11 +322,11 @@ class AnomalyDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: AnomalyDataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None  # seeds workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
             drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # keeps each worker's image cache alive

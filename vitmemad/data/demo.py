@@ -208,6 +208,7 @@ class DemoDataModule(AnomalyDataModule):
     """
 
     flips = "hv"
+    verify_files = False  # in memory: no files to check
 
     def __init__(self, category: str = "brick", *, image_size: int = 128, batch_size: int = 8,
                  crop_size: int = 128, n_train: int = 160, n_test_good: int = 40, n_test_defect: int = 40,

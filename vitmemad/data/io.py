@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _warned_alpha = False
+_warned_deep = False
 
 
 def is_image_file(path: Path) -> bool:
@@ -82,7 +83,7 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
 
 def to_rgb(img: Image.Image, path: Path | str = "<image>") -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (gray → 3 equal channels, alpha dropped)."""
-    global _warned_alpha
+    global _warned_alpha, _warned_deep
     mode = img.mode
     if mode == "RGB":
         return img
@@ -95,6 +96,10 @@ def to_rgb(img: Image.Image, path: Path | str = "<image>") -> Image.Image:
             _warned_alpha = True
         return img.convert("RGB")
     if mode.startswith("I") or mode == "F":
+        if not _warned_deep:
+            log.warning("Converting %s (mode %s, more than 8 bits per pixel) to 8-bit RGB "
+                        "(and any later such images).", path, mode)
+            _warned_deep = True
         return _to_8bit_gray(img).convert("RGB")
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
@@ -118,6 +123,32 @@ def load_mask(path: Path | str) -> np.ndarray:
         channels = arr.shape[2]
         arr = arr[..., : 3 if channels >= 3 else 1].max(axis=2)  # ignore alpha
     return (arr > 0).astype(np.uint8)
+
+
+def verify_image_file(path: Path | str) -> None:
+    """Cheap integrity check (no full decode for PNG): raise DatasetError naming an unreadable file.
+
+    PNG files are checked chunk by chunk (CRCs, truncation) with PIL's ``verify``; other formats,
+    whose ``verify`` checks little, are decoded. Lets a half-copied dataset fail at setup.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Image file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.format == "PNG":
+                    img.verify()
+                else:
+                    img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetError(
+            f"Refusing to read {path}: too many pixels (decompression-bomb limit "
+            f"Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {exc}"
+        ) from exc
+    except Exception as exc:
+        raise DatasetError(f"Cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

@@ -1,0 +1,192 @@
+"""One-line errors for the Hydra mains (train, eval, predict, export).
+
+``run(main)`` calls a ``@hydra.main`` function. An error the user can fix (bad data, a bad or
+mismatched checkpoint, an unknown config key or value, a NaN loss, an occupied run directory, a
+missing file, a full disk) ends the program with one line on stderr and exit status 2::
+
+    error: MVTec AD root folder not found: /data/mvtec. Expected layout: ...
+
+and no traceback. The traceback is not lost: it goes to the run's log file (``<run dir>/<task>.log``)
+when Hydra has set one up, and to the terminal with ``VITMEMAD_TRACEBACK=1`` or ``HYDRA_FULL_ERROR=1``.
+Any other exception (a bug) propagates with its full traceback and exit status 1.
+
+Hydra catches exceptions inside ``@hydra.main`` and prints its own (partial) traceback unless
+``HYDRA_FULL_ERROR=1``; ``run`` sets that variable for the duration of the call so the exception
+reaches it. ``LogJobErrors`` (a Hydra callback, enabled in ``conf/train.yaml``) writes every failed
+job's error into that job's log file, so in a sweep no failure goes unrecorded even though Hydra
+raises only the first one at the end.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+log = logging.getLogger("vitmemad")
+
+#: Exit status of a run stopped by a user-fixable error (argparse uses 2 for usage errors too).
+EXIT_USER_ERROR = 2
+TRACEBACK_ENV = "VITMEMAD_TRACEBACK"
+_LOGGED = "_vitmemad_logged"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message tells the user what to fix (imported lazily: no import cycles)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vitmemad.checkpoint import CheckpointError
+    from vitmemad.data.errors import DatasetError
+
+    types: list[type[BaseException]] = [
+        DatasetError, CheckpointError, FloatingPointError, OSError, ValueError, HydraException, OmegaConfBaseException,
+    ]
+    out_of_memory = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if isinstance(out_of_memory, type):
+        types.append(out_of_memory)
+    export = sys.modules.get("vitmemad.export")
+    if export is not None and hasattr(export, "ExportError"):
+        types.append(export.ExportError)
+    return tuple(types)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user-fixable error behind ``err``, or None when ``err`` looks like a bug.
+
+    Hydra's ``instantiate`` wraps constructor errors (e.g. an unknown demo category) in an
+    InstantiationException: the cause is reported when it is itself a user error.
+    """
+    from hydra.errors import InstantiationException
+
+    types = _user_error_types()
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, types):
+        return user_error(err.__cause__) or err
+    return err if isinstance(err, types) else None
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (multi-line messages are joined; worker tracebacks dropped)."""
+    text = str(err)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the original message
+        last = _lines(text)[-1]
+        name = type(err).__name__
+        for prefix in (f"{type(err).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+        text = last
+    message, listing = "", False
+    for line in _lines(text):
+        if line.startswith("Config search path"):  # Hydra's MissingConfigException: the rest is noise
+            break
+        if line.startswith(("object_type=", "reference_type=")) or (
+            line.startswith("full_key:") and line.split(":", 1)[1].strip() in message
+        ):  # OmegaConf's detail lines
+            continue
+        if not message:
+            message = line
+        elif listing:  # items after "Available options in 'model':"
+            message += (" " if message.endswith(":") else ", ") + line
+        else:
+            message += (" " if message.endswith((".", ",", ";")) else "; ") + line
+        listing = listing or line.endswith(":")
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and _lines(str(cause)):
+        message += f" ({_lines(str(cause))[0]})"
+    return message or type(err).__name__
+
+
+def _log_to_files(err: BaseException, message: str) -> None:
+    """Write the error and its traceback to the log files Hydra set up (not to the console)."""
+    if getattr(err, _LOGGED, False):
+        return
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,),
+                            (type(err), err, err.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    _mark_logged(err)
+
+
+def _mark_logged(err: BaseException) -> None:
+    try:
+        setattr(err, _LOGGED, True)
+    except AttributeError:  # exceptions with __slots__
+        pass
+
+
+def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
+    """Call ``main`` (a ``@hydra.main`` function); user errors exit 2 with ``error: <message>`` on stderr.
+
+    ``argv`` replaces ``sys.argv[1:]`` during the call (tests).
+    """
+    show_traceback = _env_flag(TRACEBACK_ENV) or _env_flag("HYDRA_FULL_ERROR")
+    saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own traceback
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        return main()
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            _log_to_files(err, f"{type(err).__name__}: {err}")
+            raise
+        message = one_line(cause)
+        _log_to_files(err, message)
+        if show_traceback:
+            raise
+        sys.stdout.flush()
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+
+
+try:  # a Hydra callback; Hydra is a dependency, but keep `import vitmemad.cli` light and safe
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object  # type: ignore[misc,assignment]
+
+
+class LogJobErrors(_HydraCallback):
+    """Hydra callback: write a failed job's error (and traceback) into that job's log.
+
+    In a sweep (``-m``) the line also goes to the console, since Hydra raises only the first
+    failure after all jobs have run; in a single run only the log file gets it (``run`` prints
+    the console line).
+    """
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        if getattr(job_return, "status", None) != JobStatus.FAILED:
+            return
+        err = job_return._return_value
+        if not isinstance(err, BaseException):
+            return
+        cause = user_error(err)
+        message = one_line(cause) if cause is not None else f"{type(err).__name__}: {err}"
+        try:
+            multirun = config.hydra.mode == RunMode.MULTIRUN
+            overrides = list(config.hydra.overrides.task)
+        except Exception:
+            multirun, overrides = False, []
+        if multirun:
+            log.error("job %s failed: %s", overrides, message)
+        _log_to_files(err, message)
