@@ -106,15 +106,19 @@ def one_line(err: BaseException) -> str:
     return message or type(err).__name__
 
 
+def _emit(record: logging.LogRecord, files: bool) -> None:
+    """Hand ``record`` to the root logger's file handlers (``files``) or to its other handlers."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) == files and record.levelno >= handler.level:
+            handler.handle(record)
+
+
 def _log_to_files(err: BaseException, message: str) -> None:
     """Write the error and its traceback to the log files Hydra set up (not to the console)."""
     if getattr(err, _LOGGED, False):
         return
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,),
-                            (type(err), err, err.__traceback__))
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    _emit(log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,),
+                         (type(err), err, err.__traceback__)), files=True)
     _mark_logged(err)
 
 
@@ -187,6 +191,7 @@ class LogJobErrors(_HydraCallback):
             overrides = list(config.hydra.overrides.task)
         except Exception:
             multirun, overrides = False, []
-        if multirun:
-            log.error("job %s failed: %s", overrides, message)
+        if multirun:  # the console line; the log file gets the message with its traceback below
+            _emit(log.makeRecord(log.name, logging.ERROR, __file__, 0, "job %s failed: %s", (overrides, message),
+                                 None), files=False)
         _log_to_files(err, message)
