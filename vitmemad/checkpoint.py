@@ -40,6 +40,20 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor
     """Like ``load_state_dict(strict=True)`` but the error names every mismatched key and shape."""
     own = module.state_dict()
     state_dict = {**{k: own[k] for k in OPTIONAL_KEYS & set(own) - set(state_dict)}, **state_dict}
+    check_state_dict(module, state_dict, source, optional=frozenset())
+    module.load_state_dict(state_dict)
+
+
+def check_state_dict(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path, optional: frozenset[str] = OPTIONAL_KEYS
+) -> None:
+    """Raise CheckpointError naming every key and shape of ``state_dict`` that does not fit ``module``.
+
+    Changes nothing. Keys in ``optional`` may be missing from ``state_dict``; pass ``frozenset()``
+    to match a strict ``load_state_dict`` (what Lightning does when it resumes).
+    """
+    own = module.state_dict()
+    state_dict = {**{k: own[k] for k in optional & set(own) - set(state_dict)}, **state_dict}
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = [
@@ -56,4 +70,3 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor
         if shapes:
             parts.append(f"shape mismatches {shapes[:10]}")
         raise CheckpointError(f"checkpoint {source} does not fit the configured model: " + "; ".join(parts))
-    module.load_state_dict(state_dict)

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from vitmemad import cli, pipeline
+from vitmemad.checkpoint import check_state_dict, load_checkpoint
 from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils import hydra_resolvers, wandb_logging  # noqa: F401  (registers ${vitmemad.sweep:...})
@@ -63,6 +64,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = pipeline.resolved_config(cfg)
     datamodule = pipeline.build_datamodule(run_cfg["data"])
     module = AnomalyModule(run_cfg)
+    if resume is not None:  # another model config's checkpoint: an error naming the keys, not Lightning's traceback
+        check_state_dict(module, load_checkpoint(resume)["state_dict"], resume, optional=frozenset())
     callbacks = build_callbacks(cfg) + labelled_split.callbacks_for(datamodule)  # val/image_AUROC if labelled
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False,
