@@ -186,3 +186,20 @@ def test_memory_feature_initialisation_samples_queries_once():
     assert not model.initialize_memory(torch.randn(2, 3, 64, 64))  # only once; the flag is saved
     assert torch.equal(before, model.memory.items) and "memory.initialized" in model.state_dict()
     assert not ViTMemAE(**SMALL, memory_size=10).initialize_memory(x)  # init="random": nothing to do
+
+
+def test_dead_memory_items_restart_onto_recent_queries():
+    mem = MemoryModule(num_items=8, dim=4, temperature=0.05)
+    mem.usage_momentum = 0.0  # usage = this batch's share
+    with torch.no_grad():
+        mem.items.copy_(torch.eye(4).repeat(2, 1))
+        mem.items[4:] = -1.0  # items 4..7 point away from every query below: never addressed
+    queries = torch.rand(1, 4, 3, 3) + 0.5  # all positive: cosine-close to items 0..3 only
+    mem.train()
+    mem(queries)
+    assert (mem.usage[4:] < 0.01).all() and mem.usage[:4].sum() > 0.99
+    assert mem.restart_dead_items(min_share=0.1, generator=torch.Generator().manual_seed(0)) == 4
+    flat = queries.flatten(2).transpose(1, 2).reshape(-1, 4)
+    for item in mem.items[4:].detach():
+        assert torch.isclose(flat, item).all(dim=1).any()  # each restarted item is one of the queries
+    torch.testing.assert_close(mem.usage[4:], torch.full((4,), 1 / 8))

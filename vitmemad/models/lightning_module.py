@@ -73,6 +73,22 @@ class AnomalyModule(L.LightningModule):
         if done and dist.is_available() and dist.is_initialized():
             dist.broadcast(self.model.memory.items.data, src=0)  # every rank starts from rank 0's sample
 
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        """Restart dead memory items every ``memory.restart_every`` steps (0 = never, the paper)."""
+        memory = getattr(self.model, "memory", None)
+        mem_cfg = self.cfg["model"].get("memory") or {}
+        every = int(mem_cfg.get("restart_every", 0) or 0)
+        if memory is None or every <= 0 or (self.global_step + 1) % every:
+            return
+        if self._trainer is not None and self.trainer.max_epochs and self.current_epoch >= 0.8 * self.trainer.max_epochs:
+            return  # let the items settle for the last 20 % of training
+        generator = torch.Generator().manual_seed(int(self.cfg.get("seed") or 0) + self.global_step)
+        restarted = memory.restart_dead_items(float(mem_cfg.get("restart_min_share", 0.1)), generator)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(memory.items.data, src=0)
+            dist.broadcast(memory.usage, src=0)
+        self.log("train/memory_restarts", float(restarted), on_step=True, on_epoch=False)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms, _ = self._loss(batch["image"])
         if not torch.isfinite(terms["loss"]):

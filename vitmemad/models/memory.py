@@ -15,7 +15,9 @@ Initialisation: items start small and random (``init="random"``, MemAE's default
 ``init="features"``, as a random sample of the encoder's first training queries. From a random start
 the rich get richer: on the demo textures only 3-8 of 100-500 items were ever the best match after
 training, and normal patterns outside those few (short horizontal brick joints) were not
-reconstructed. Starting from real queries keeps the items spread over the data.
+reconstructed. Starting from real queries keeps the items spread over the data, and
+``restart_dead_items`` (the codebook-restart remedy of vector quantisation) moves items that stay
+unused back onto current queries during training.
 """
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ class MemoryModule(nn.Module):
         nn.init.uniform_(self.items, -stdv, stdv)
         # Saved with the weights, so a resumed run does not re-initialise from data.
         self.register_buffer("initialized", torch.tensor(init == "random"))
+        # Running share of the addressing mass each item receives in training (for dead-item restarts).
+        self.register_buffer("usage", torch.full((num_items,), 1.0 / num_items))
+        self.usage_momentum = 0.99
+        self._last_queries: torch.Tensor | None = None
 
     @torch.no_grad()
     def initialize_from(self, queries: torch.Tensor, generator: torch.Generator | None = None) -> None:
@@ -96,7 +102,30 @@ class MemoryModule(nn.Module):
         if self.shrink_threshold > 0:
             weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
         out = weights @ self.items  # (B, HW, C), eq. 9
+        if self.training:
+            with torch.no_grad():
+                share = weights.detach().float().reshape(-1, self.num_items).mean(dim=0)
+                self.usage.mul_(self.usage_momentum).add_(share.to(self.usage.dtype), alpha=1 - self.usage_momentum)
+                self._last_queries = queries.detach()
         return out.transpose(1, 2).reshape(b, c, h, w), weights
+
+    @torch.no_grad()
+    def restart_dead_items(self, min_share: float, generator: torch.Generator | None = None) -> int:
+        """Move items whose running usage share is below ``min_share / N`` onto recent queries.
+
+        Returns how many items were restarted. Their usage is reset to the uniform share so they get
+        time to attract queries before they can be restarted again.
+        """
+        if self._last_queries is None:
+            return 0
+        dead = (self.usage < min_share / self.num_items).nonzero().flatten()
+        if dead.numel() == 0:
+            return 0
+        flat = self._last_queries.reshape(-1, self.dim).to(self.items.dtype)
+        idx = torch.randint(flat.shape[0], (dead.numel(),), generator=generator, device="cpu").to(flat.device)
+        self.items[dead] = flat[idx]
+        self.usage[dead] = 1.0 / self.num_items
+        return int(dead.numel())
 
     def extra_repr(self) -> str:
         return (
