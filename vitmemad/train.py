@@ -18,11 +18,12 @@ from vitmemad import cli, pipeline
 from vitmemad.checkpoint import check_state_dict, load_checkpoint
 from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
-from vitmemad.utils import hydra_resolvers, wandb_logging  # noqa: F401  (registers ${vitmemad.sweep:...})
+from vitmemad.utils import ddp_hydra, hydra_resolvers, wandb_logging  # noqa: F401  (registers ${vitmemad.sweep:...})
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("WANDB_MODE", "offline")
+ddp_hydra.install()  # DDP worker ranks inside a multirun run this job only
 
 
 class RunDirError(FileExistsError):
@@ -95,7 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return train(cfg)["optimized_metric"]
+        with ddp_hydra.restored_environ():  # the next job of a multirun starts its own DDP ranks
+            return train(cfg)["optimized_metric"]
     finally:
         wandb_logging.finish()  # each job of a multirun gets its own W&B run
 
