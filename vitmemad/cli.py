@@ -14,7 +14,8 @@ Hydra catches exceptions inside ``@hydra.main`` and prints its own (partial) tra
 ``HYDRA_FULL_ERROR=1``; ``run`` sets that variable for the duration of the call so the exception
 reaches it. ``LogJobErrors`` (a Hydra callback, enabled in ``conf/train.yaml``) writes every failed
 job's error into that job's log file, so in a sweep no failure goes unrecorded even though Hydra
-raises only the first one at the end.
+raises only the first one at the end. ``CheckRunDir`` (also in ``conf/train.yaml``) refuses a run
+directory that holds a finished run before Hydra writes into it.
 """
 from __future__ import annotations
 
@@ -98,8 +99,12 @@ def one_line(err: BaseException) -> str:
         else:
             message += (" " if message.endswith((".", ",", ";")) else "; ") + line
         listing = listing or line.endswith(":")
+    from hydra.errors import OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    override = getattr(err, "override", None)
+    if isinstance(err, OverrideParseException) and override and override not in message:
+        message = f"cannot parse override {override!r}: {message}"
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and _lines(str(cause)):
         message += f" ({_lines(str(cause))[0]})"
@@ -129,6 +134,18 @@ def _mark_logged(err: BaseException) -> None:
         pass
 
 
+class StopBeforeRun(BaseException):
+    """Carries a user error out of a Hydra callback.
+
+    Hydra turns an ``Exception`` raised in a callback into a warning and carries on; a
+    ``BaseException`` passes through to ``run``, which reports ``error`` like any other.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
     """Call ``main`` (a ``@hydra.main`` function); user errors exit 2 with ``error: <message>`` on stderr.
 
@@ -140,7 +157,10 @@ def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     try:
-        return main()
+        try:
+            return main()
+        except StopBeforeRun as stop:
+            raise stop.error from None
     except Exception as err:
         cause = user_error(err)
         if cause is None:
@@ -195,3 +215,22 @@ class LogJobErrors(_HydraCallback):
             _emit(log.makeRecord(log.name, logging.ERROR, __file__, 0, "job %s failed: %s", (overrides, message),
                                  None), files=False)
         _log_to_files(err, message)
+
+
+class CheckRunDir(_HydraCallback):
+    """Hydra callback of ``vitmemad.train``: refuse a run directory that holds a finished run.
+
+    It runs before Hydra writes anything into the directory (``.hydra/``, the log), so the refused
+    run leaves the finished one exactly as it was. ``ckpt_path=last`` (resume) is allowed;
+    ``vitmemad.train.resume_path`` has the rules and checks again inside the job.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from pathlib import Path
+
+        from vitmemad.train import resume_path
+
+        try:
+            resume_path(config.get("ckpt_path"), Path(str(config.hydra.run.dir)))
+        except (OSError, ValueError) as err:
+            raise StopBeforeRun(err) from err
