@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO whose saves are atomic on local disks (see the module docstring)."""
+def _atomic_checkpoint_io_class() -> type:
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local(path):
-            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
-            return
-        log.debug("Saving checkpoint atomically: %s", path)
-        atomic_torch_save(checkpoint, path)
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """TorchCheckpointIO whose saves are atomic on local disks (see ``vitmemad.utils.checkpoint_io``)."""
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+            if storage_options is not None or not _is_local(path):
+                super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+                return
+            log.debug("Saving checkpoint atomically: %s", path)
+            atomic_torch_save(checkpoint, path)
+
+    AtomicCheckpointIO.__module__, AtomicCheckpointIO.__qualname__ = __name__, "AtomicCheckpointIO"  # picklable
+    return AtomicCheckpointIO
+
+
+def __getattr__(name: str) -> Any:
+    """``AtomicCheckpointIO`` is built on first use, so ``atomic_torch_save`` alone does not import Lightning."""
+    if name == "AtomicCheckpointIO":
+        cls = globals()["AtomicCheckpointIO"] = _atomic_checkpoint_io_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
