@@ -1,0 +1,152 @@
+"""Paper-table experiments, category sweeps and the SLURM launcher: configs compose (Hydra API, nothing is
+submitted), and the Table 6 smoke sweep followed by report.py gives a 4-row ablation table beside the paper's."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+import vitmemad.train  # noqa: F401  (registers the ${vitmemad.sweep:...} resolver, as the CLI does)
+from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+from vitmemad.data import BTAD_PRODUCTS, DEMO_CATEGORIES, MVTEC_CATEGORIES
+from vitmemad.paper import ABLATIONS
+
+CONF = str(REPO_ROOT / "conf")
+TABLES = ("table3_mvtec_image", "table4_mvtec_pixel", "table5_btad", "table6_ablation")
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def sweep_values(cfg, key: str) -> list:
+    """What Hydra's basic sweeper makes of hydra.sweeper.params[key]: the list of values, typed."""
+    parser = OverridesParser.create()
+    override = parser.parse_overrides([f"{key}={cfg.hydra.sweeper.params[key]}"])[0]
+    if not override.is_sweep_override():
+        return [override.value()]
+    # as BasicSweeper does: one `key=value` override per job, then parsed again for that job
+    return [parser.parse_overrides([f"{key}={s}"])[0].value() for s in override.sweep_string_iterator()]
+
+
+@pytest.mark.parametrize("data,expected", [("mvtec", MVTEC_CATEGORIES), ("btad", BTAD_PRODUCTS), ("demo", DEMO_CATEGORIES)])
+def test_categories_all_sweeps_every_category_of_the_dataset(data, expected):
+    cfg = compose_cfg(f"data={data}", "categories=all")
+    assert list(cfg.data.categories) == list(expected)
+    values = sweep_values(cfg, "data.category")
+    assert values == list(expected)
+    assert all(isinstance(v, str) for v in values)  # BTAD "01" stays a string, not the int 1
+
+
+def test_categories_can_be_narrowed_on_the_command_line():
+    cfg = compose_cfg("data=mvtec", "categories=all", "data.categories=[bottle,cable]")
+    assert sweep_values(cfg, "data.category") == ["bottle", "cable"]
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_paper_table_experiments_use_the_full_settings(name):
+    cfg = compose_cfg(f"experiment={name}")
+    assert cfg.hydra.mode == RunMode.MULTIRUN  # the experiment is its own sweep, -m or not
+    assert cfg.model.kind == "vitmemad" and cfg.model.image_size == 384 and cfg.model.epochs == 200
+    assert cfg.model.encoder.embed_dim == 768 and cfg.model.optimizer.lr == 2e-4 and cfg.model.batch_size == 8
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.loss.lambda_ent == 0.001
+    dataset = "btad" if name == "table5_btad" else "mvtec"
+    assert cfg.data.name == dataset
+    categories = sweep_values(cfg, "data.category")
+    assert categories == list(BTAD_PRODUCTS if dataset == "btad" else MVTEC_CATEGORIES)
+    params = set(cfg.hydra.sweeper.params)
+    if name == "table6_ablation":
+        assert sweep_values(cfg, "ablation") == list(ABLATIONS)
+        assert params == {"data.category", "ablation"}
+    elif name == "table3_mvtec_image":
+        assert sweep_values(cfg, "model") == ["vitmemad_paper", "cae"]
+        assert cfg.ablation.name == "m_ca"
+    else:
+        assert params == {"data.category"} and cfg.ablation.name == "m_ca"
+    assert name in str(cfg.hydra.sweep.dir)
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_smoke_variants_run_the_same_sweep_small_on_the_cpu(name):
+    full, smoke = compose_cfg(f"experiment={name}"), compose_cfg(f"experiment={name}_smoke")
+    assert smoke.hydra.mode == RunMode.MULTIRUN
+    assert smoke.data.name == "demo" and smoke.trainer.accelerator == "cpu" and smoke.trainer.precision == "32-true"
+    assert smoke.model.image_size <= 128 and smoke.model.epochs <= 5 and smoke.data.n_train <= 100
+    assert smoke.model.encoder.embed_dim <= 192 and smoke.model.encoder.depth <= 4
+    if name == "table6_ablation":  # the 4 variants on one demo texture (categories=all adds the other two)
+        assert set(smoke.hydra.sweeper.params) == {"ablation"} and smoke.data.category == "brick"
+        assert sweep_values(smoke, "ablation") == list(ABLATIONS)
+        assert sweep_values(compose_cfg(f"experiment={name}_smoke", "categories=all"), "data.category") == list(DEMO_CATEGORIES)
+    else:
+        assert set(smoke.hydra.sweeper.params) == set(full.hydra.sweeper.params)
+        assert sweep_values(smoke, "data.category") == list(DEMO_CATEGORIES)
+
+
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
+def test_slurm_launcher_composes_with_a_paper_table(launcher, tmp_path, monkeypatch):
+    cfg = compose_cfg("experiment=table6_ablation", f"hydra/launcher={launcher}", "hydra.launcher.partition=gpu",
+                      "hydra.sweep.dir=/tmp/sweep")
+    launcher_cfg = cfg.hydra.launcher
+    assert launcher_cfg._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher_cfg.partition == "gpu"
+    assert launcher_cfg.submitit_folder.startswith("/tmp/sweep/.submitit")
+    if launcher == "slurm":
+        assert launcher_cfg.gpus_per_node == 1 and launcher_cfg.tasks_per_node == 1 and launcher_cfg.timeout_min >= 600
+    assert set(cfg.hydra.sweeper.params) == {"data.category", "ablation"}
+
+    # Build the launcher and, as its launch() does, the submitit executor, and render the sbatch script.
+    # Nothing is submitted; a fake `srun` on PATH lets submitit believe it is on a SLURM cluster.
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    import submitit
+
+    launcher_obj = instantiate(launcher_cfg)
+    assert type(launcher_obj).__name__ == "SlurmLauncher"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    params = dict(launcher_obj.params)
+    params["name"] = "train"  # ${hydra.job.name}: set by Hydra at launch
+    executor = submitit.AutoExecutor(cluster="slurm", folder=str(tmp_path / "submitit"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    params.pop("submitit_folder")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m vitmemad.train", "uid")
+    assert "#SBATCH --partition=gpu" in sbatch
+    if launcher == "slurm":
+        assert "#SBATCH --gpus-per-node=1" in sbatch and "#SBATCH --time=1440" in sbatch
+
+
+def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("vitmemad.train", "-m", "experiment=table6_ablation_smoke", *TINY_DEMO,
+                      f"hydra.sweep.dir={sweep}", timeout=240)
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert [p.name for p in jobs] == ["0_base_brick", "1_m_brick", "2_ca_brick", "3_m_ca_brick"], proc.stdout[-2000:]
+    for job, ablation in zip(jobs, ABLATIONS):
+        m = read_metrics(job)
+        assert m["ablation"] == ablation and m["category"] == "brick" and m["dataset"] == "demo"
+        assert m["epochs"] == 1  # debug=smoke shrinks the smoke experiment further
+        assert (m["memory"] is not None) == (ablation in ("m", "m_ca"))
+    report = subprocess.run([sys.executable, "experiments/report.py", str(sweep)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    md = (sweep / "results.md").read_text()
+    section = md.split("### Ablation (Table 6 style)")[1].split("Gain over Base")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| Base")]
+    assert [r.split("|")[1].strip() for r in rows] == ["Base", "Base + M", "Base + CA", "Base + M + CA"]
+    # the paper's Table 6 I-AUROC column (82.2, 85.7, 84.5, 91.2) is printed beside the measured values
+    assert [r.split("|")[5].strip() for r in rows] == ["82.2", "85.7", "84.5", "91.2"]
+    assert len((sweep / "results.csv").read_text().strip().splitlines()) == 5
