@@ -60,6 +60,28 @@ class AnomalyModule(L.LightningModule):
         out = self.model(images)
         return self.criterion(images, out["reconstruction"], out["memory_weights"]), out
 
+    # ------------------------------------------------------------ memory warm-up
+    def memory_warmup_epochs(self) -> int:
+        """Epochs that train encoder + decoder with the memory bypassed (``memory.warmup_epochs``).
+
+        At most half of ``max_epochs``, so a short run still trains (and tests) with its memory.
+        """
+        if getattr(self.model, "memory", None) is None:
+            return 0
+        warmup = int((self.cfg["model"].get("memory") or {}).get("warmup_epochs", 0) or 0)
+        max_epochs = self._trainer.max_epochs if self._trainer is not None else self.cfg["model"]["epochs"]
+        return min(warmup, max(0, int(max_epochs or 0) // 2))
+
+    def in_memory_warmup(self) -> bool:
+        return self._trainer is not None and self.current_epoch < self.memory_warmup_epochs()
+
+    def on_train_epoch_start(self) -> None:
+        if hasattr(self.model, "bypass_memory"):
+            self.model.bypass_memory = self.in_memory_warmup()
+
+    def on_validation_epoch_start(self) -> None:
+        self.on_train_epoch_start()
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Initialise memory items from the first batch's encoder features (``memory.init=features``)."""
         initialize = getattr(self.model, "initialize_memory", None)
@@ -78,7 +100,7 @@ class AnomalyModule(L.LightningModule):
         memory = getattr(self.model, "memory", None)
         mem_cfg = self.cfg["model"].get("memory") or {}
         every = int(mem_cfg.get("restart_every", 0) or 0)
-        if memory is None or every <= 0 or (self.global_step + 1) % every:
+        if memory is None or every <= 0 or (self.global_step + 1) % every or self.in_memory_warmup():
             return
         if self._trainer is not None and self.trainer.max_epochs and self.current_epoch >= 0.8 * self.trainer.max_epochs:
             return  # let the items settle for the last 20 % of training
@@ -104,6 +126,9 @@ class AnomalyModule(L.LightningModule):
         terms, out = self._loss(batch["image"])
         maps = self.anomaly_map(batch["image"], out["reconstruction"])
         bs = batch["image"].shape[0]
+        if self.in_memory_warmup():
+            # Without its memory the model is not the one we test: keep warm-up epochs out of `best`.
+            terms = {**terms, "loss": torch.full_like(terms["loss"], float("inf"))}
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True)
         # the same yardstick whatever the loss weights: what a normal-only lambda search selects on
         self.log("val/recon_unweighted", terms["l2"] + terms["ssim"], on_epoch=True, batch_size=bs, sync_dist=True)
@@ -153,6 +178,8 @@ class AnomalyModule(L.LightningModule):
         self._memory_hook: MemoryUsageHook | None = None
 
     def on_test_epoch_start(self) -> None:
+        if hasattr(self.model, "bypass_memory"):
+            self.model.bypass_memory = False  # scoring always uses the memory
         self._reset_test_buffers()
         self._memory_hook = MemoryUsageHook(self.model)  # addressing diagnostics over the test set
         dm = getattr(self.trainer, "datamodule", None)

@@ -49,11 +49,13 @@ class ViTMemAE(nn.Module):
         )
         self.coord_attention = CoordinateAttention(embed_dim, ca_reduction) if use_coord_attention else None
         self.decoder = TransposedConvDecoder(embed_dim, decoder_channels, 3)
+        # True during a memory warm-up: encoder features go straight to CA/decoder (see lightning_module).
+        self.bypass_memory = False
 
     @torch.no_grad()
     def initialize_memory(self, x: torch.Tensor, generator: torch.Generator | None = None) -> bool:
         """Data-dependent memory initialisation from a batch (no-op unless ``init='features'`` and not done)."""
-        if self.memory is None or bool(self.memory.initialized):
+        if self.memory is None or self.bypass_memory or bool(self.memory.initialized):
             return False
         queries = self.encoder(x).flatten(2).transpose(1, 2)
         self.memory.initialize_from(queries, generator)
@@ -62,7 +64,7 @@ class ViTMemAE(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         features = self.encoder(x)
         weights = None
-        if self.memory is not None:
+        if self.memory is not None and not self.bypass_memory:
             features, weights = self.memory(features)
         if self.coord_attention is not None:
             features = self.coord_attention(features)
