@@ -5,10 +5,12 @@ import errno
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -136,10 +138,28 @@ def test_train_loader_order_survives_a_new_datamodule(tmp_path):
 
 
 # ----------------------------------------------------------------------------- deep and alpha images
-def test_16_bit_and_4_channel_images_are_converted_and_logged(tmp_path, monkeypatch, caplog):
+def write_png16_rgb(path, arr: np.ndarray):
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("deep_kind", ["gray16", "rgb16"])
+def test_16_bit_and_4_channel_images_are_converted_and_logged(tmp_path, monkeypatch, caplog, deep_kind):
     root = make_mvtec(tmp_path, n_train=6)
     train = root / "widget" / "train" / "good"
-    deep = write_image(train / "100_deep.png", (np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 30))
+    values = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 30
+    if deep_kind == "gray16":
+        deep = write_image(train / "100_deep.png", values)
+    else:
+        deep = write_png16_rgb(train / "100_deep.png", np.dstack([values, values // 2, values // 3]))
     alpha = write_image(train / "101_alpha.png", np.dstack([noise(np.random.default_rng(0), (40, 48)),
                                                             np.full((40, 48), 200, np.uint8)]))
     monkeypatch.setattr(data_io, "_warned_deep", False)
@@ -149,8 +169,10 @@ def test_16_bit_and_4_channel_images_are_converted_and_logged(tmp_path, monkeypa
     with caplog.at_level(logging.WARNING, logger="vitmemad.data.io"):
         items = {item["path"]: item for item in (dm.train_dataset[i] for i in range(len(dm.train_dataset)))}
     assert items[str(deep)]["image"].shape == items[str(alpha)]["image"].shape == (3, 16, 16)
+    red = np.asarray(data_io.load_image(deep))[..., 0]
+    assert np.abs(red.astype(int) - np.round(values / 257)).max() <= 1  # scaled, not clipped
     text = caplog.text
-    assert str(deep) in text and "more than 8 bits" in text
+    assert str(deep) in text and ("more than 8 bits" in text or "16 bits per channel" in text)
     assert str(alpha) in text and "alpha" in text
 
 

@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _warned_alpha = False
 _warned_deep = False
+_DEEP_KEY = "vitmemad.16bit_channels"
 
 
 def is_image_file(path: Path) -> bool:
@@ -54,7 +55,11 @@ def _open_checked(path: Path) -> Image.Image:
             # PIL only *warns* between MAX_IMAGE_PIXELS and twice that; treat it as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
+            # Pillow reads 16-bit-per-channel colour PNGs (raw mode "RGB;16B") as 8-bit RGB: remember it
+            deep = any(";16" in str(getattr(tile, "args", "")) for tile in img.tile)
             img.load()  # decode now: catches truncated files (LOAD_TRUNCATED_IMAGES stays off)
+            if deep:
+                img.info[_DEEP_KEY] = True
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DatasetError(
             f"Refusing to read {path}: too many pixels (decompression-bomb limit "
@@ -85,6 +90,9 @@ def to_rgb(img: Image.Image, path: Path | str = "<image>") -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (gray → 3 equal channels, alpha dropped)."""
     global _warned_alpha, _warned_deep
     mode = img.mode
+    if img.info.get(_DEEP_KEY) and not _warned_deep:
+        log.warning("Converting %s (16 bits per channel) to 8-bit RGB (and any later such images).", path)
+        _warned_deep = True
     if mode == "RGB":
         return img
     if mode == "P":
