@@ -1,0 +1,44 @@
+"""trainer=ddp_cpu (2 gloo processes): one epoch on the demo data writes a complete metrics.json with the same
+keys as a single-process run, every test image is scored exactly once, and DDP works inside a multirun."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import TINY_DEMO, read_metrics, run_module
+
+pytestmark = pytest.mark.ddp
+
+# 7 + 6 = 13 test images: an odd count, which a 2-rank DistributedSampler would pad with a repeated image.
+ODD_TEST_SET = ["data.n_test_good=7", "data.n_test_defect=6"]
+
+
+def test_ddp_cpu_multirun_writes_complete_metrics_and_scores_each_test_image_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    # two jobs in one multirun: each job's second rank must run that job only (not the whole sweep again)
+    proc = run_module("vitmemad.train", "-m", "trainer=ddp_cpu", "ablation=base,m_ca", *TINY_DEMO, *ODD_TEST_SET,
+                      f"hydra.sweep.dir={sweep}", timeout=240)
+    assert proc.stdout.count("[vitmemad] vitmemad_cpu / brick") == 2, proc.stdout[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no stray sweep of a worker
+    for job, ablation in ((0, "base"), (1, "m_ca")):
+        run_dir = sweep / str(job)
+        assert (run_dir / "train_ddp_process_1.log").is_file()  # rank 1 logged into this job's folder
+        trained = read_metrics(run_dir)
+        assert trained["ablation"] == ablation and trained["epochs"] == 1
+        assert trained["num_test_images"] == 13
+        assert sum(1 for _ in trained["per_defect"]) == 3
+        assert (run_dir / "examples.png").is_file()
+
+    # the same checkpoint tested by a single process (vitmemad.eval): same keys, same numbers
+    trained = read_metrics(sweep / "1")
+    eval_dir = tmp_path / "eval"
+    run_module("vitmemad.eval", f"ckpt_path={trained['ckpt_path']}", f"hydra.run.dir={eval_dir}", timeout=120)
+    single = read_metrics(eval_dir)
+    assert set(trained) == set(single)
+    for key in ("image_AUROC", "pixel_AUROC", "PRO"):
+        assert 0.0 <= trained[key] <= 1.0
+        assert trained[key] == pytest.approx(single[key], abs=1e-12)
+    assert trained["per_defect"] == pytest.approx(single["per_defect"])
+    assert trained["num_test_images"] == single["num_test_images"] == 13
+    assert json.dumps(trained["memory"], sort_keys=True) == json.dumps(single["memory"], sort_keys=True)
