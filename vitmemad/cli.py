@@ -50,9 +50,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     out_of_memory = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
     if isinstance(out_of_memory, type):
         types.append(out_of_memory)
-    export = sys.modules.get("vitmemad.export")
-    if export is not None and hasattr(export, "ExportError"):
-        types.append(export.ExportError)
+    for name in ("vitmemad.export", "__main__"):  # `python -m vitmemad.export` runs it as __main__
+        export_error = getattr(sys.modules.get(name), "ExportError", None)
+        if isinstance(export_error, type) and issubclass(export_error, BaseException):
+            types.append(export_error)
     return tuple(types)
 
 
