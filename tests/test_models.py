@@ -203,3 +203,12 @@ def test_dead_memory_items_restart_onto_recent_queries():
     for item in mem.items[4:].detach():
         assert torch.isclose(flat, item).all(dim=1).any()  # each restarted item is one of the queries
     torch.testing.assert_close(mem.usage[4:], torch.full((4,), 1 / 8))
+
+
+def test_residual_coordinate_attention_keeps_an_identity_path():
+    gated = CoordinateAttention(16, reduction=4).eval()
+    residual = CoordinateAttention(16, reduction=4, residual=True).eval()
+    residual.load_state_dict(gated.state_dict())
+    x = torch.rand(2, 16, 5, 7) + 0.1
+    torch.testing.assert_close(residual(x), x + gated(x))
+    assert (residual(x) > x).all() and (residual(x) < 2 * x).all()

@@ -3,6 +3,10 @@
 Pools along each spatial axis separately so the channel attention keeps positional information:
 a shared 1x1 conv encodes the concatenated (H + W) descriptors, then two 1x1 convs give the
 per-row and per-column gates that re-weight the input.
+
+Hou et al. use CA inside residual blocks, where the block's skip connection keeps the input; here CA
+stands alone between the memory and the decoder, so gates near 0 delete information for good.
+``residual=True`` returns x + x * gates instead (an identity path around the re-weighting).
 """
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from torch import nn
 
 
 class CoordinateAttention(nn.Module):
-    def __init__(self, channels: int, reduction: int = 32, min_hidden: int = 8) -> None:
+    def __init__(self, channels: int, reduction: int = 32, min_hidden: int = 8, residual: bool = False) -> None:
         super().__init__()
+        self.residual = residual
         if reduction < 1:
             raise ValueError(f"coord_attention.reduction must be >= 1, got {reduction}")
         hidden = max(min_hidden, channels // reduction)
@@ -32,4 +37,5 @@ class CoordinateAttention(nn.Module):
         y_h, y_w = torch.split(y, [h, w], dim=2)
         a_h = torch.sigmoid(self.gate_h(y_h))  # (B, C, H, 1)
         a_w = torch.sigmoid(self.gate_w(y_w.transpose(2, 3)))  # (B, C, 1, W)
-        return x * a_h * a_w
+        out = x * a_h * a_w
+        return x + out if self.residual else out

@@ -40,5 +40,6 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         memory_init=mem.get("init", "random"),
         use_coord_attention=use_ca,
         ca_reduction=ca["reduction"],
+        ca_residual=bool(ca.get("residual", False)),
         decoder_channels=tuple(model_cfg["decoder"]["channels"]),
     )

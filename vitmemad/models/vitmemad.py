@@ -33,6 +33,7 @@ class ViTMemAE(nn.Module):
         memory_init: str = "random",
         use_coord_attention: bool = True,
         ca_reduction: int = 32,
+        ca_residual: bool = False,
         decoder_channels: Sequence[int] = (512, 256, 128, 64, 32),
     ) -> None:
         super().__init__()
@@ -47,7 +48,7 @@ class ViTMemAE(nn.Module):
             if use_memory
             else None
         )
-        self.coord_attention = CoordinateAttention(embed_dim, ca_reduction) if use_coord_attention else None
+        self.coord_attention = CoordinateAttention(embed_dim, ca_reduction, residual=ca_residual) if use_coord_attention else None
         self.decoder = TransposedConvDecoder(embed_dim, decoder_channels, 3)
         # True during a memory warm-up: encoder features go straight to CA/decoder (see lightning_module).
         self.bypass_memory = False
