@@ -71,7 +71,7 @@ class MemoryModule(nn.Module):
         self.register_buffer("initialized", torch.tensor(init == "random"))
         # Running share of the addressing mass each item receives in training (for dead-item restarts).
         self.register_buffer("usage", torch.full((num_items,), 1.0 / num_items))
-        self.usage_momentum = 0.99
+        self.usage_momentum = 0.9  # ~20 steps of memory: an item unused for that long counts as dead
         self._last_queries: torch.Tensor | None = None
 
     @torch.no_grad()
