@@ -30,7 +30,8 @@ import torch
 from omegaconf import DictConfig
 
 from vitmemad import cli, pipeline
-from vitmemad.inference import ScoringModel, calibrated_thresholds, image_size_of, load_module, make_readable
+from vitmemad.inference import ScoringModel, calibrated_thresholds, image_size_of, load_module
+from vitmemad.utils.io import make_readable
 from vitmemad.models.lightning_module import AnomalyModule
 
 log = logging.getLogger(__name__)

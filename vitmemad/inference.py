@@ -41,24 +41,8 @@ OVERLAY_ALPHA = 0.5
 
 
 # ---------------------------------------------------------------- files
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_output(path: str | Path, data: bytes) -> None:
-    """``atomic_write_bytes`` plus the permissions a plain ``open(path, "w")`` would give
-    (its temporary file is created 0600 by mkstemp)."""
     atomic_write_bytes(path, data)
-    make_readable(path)
-
-
-def make_readable(path: str | Path) -> None:
-    os.chmod(path, _FILE_MODE)
-
-
-_FILE_MODE = _default_file_mode()
 
 
 # ---------------------------------------------------------------- checkpoint

@@ -39,7 +39,6 @@ from vitmemad.inference import (
     image_size_of,
     list_inputs,
     load_module,
-    make_readable,
     output_names,
     overlay_scale,
     render_overlay,
@@ -188,7 +187,6 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     assert len(done) == len(paths), "every input gets exactly one record"
     write_output(out / CSV_FILE, _csv_bytes(done))
     write_json(out / JSON_FILE, done)
-    make_readable(out / JSON_FILE)
     n_err = sum(1 for r in done if r["error"])
     n_anom = sum(1 for r in done if r["label"] == 1)
     summary = (f"[vitmemad] predict: {len(done) - n_err} image(s) scored, {n_anom} anomalous, "
