@@ -89,6 +89,8 @@ def test_train_then_eval_round_trip(tmp_path, model):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "examples.png").is_file()
     ckpt = load_checkpoint(trained["ckpt_path"])
     assert ckpt["hyper_parameters"]["cfg"]["data"]["n_train"] == 24
+    if model == "vitmemad_cpu":  # epoch 0 is the memory warm-up (capped at half of 2 epochs); epoch 1 inits the items
+        assert bool(ckpt["state_dict"]["model.memory.initialized"])
 
     eval_dir = tmp_path / "eval"
     run_module("vitmemad.eval", f"ckpt_path={trained['ckpt_path']}", f"hydra.run.dir={eval_dir}")

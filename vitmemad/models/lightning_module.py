@@ -84,13 +84,13 @@ class AnomalyModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Initialise memory items from the first batch's encoder features (``memory.init=features``)."""
-        initialize = getattr(self.model, "initialize_memory", None)
-        if initialize is None:
-            return
+        memory = getattr(self.model, "memory", None)
+        if memory is None or self.model.bypass_memory or bool(memory.initialized):
+            return  # the common case: nothing to do on this batch
         generator = torch.Generator().manual_seed(int(self.cfg.get("seed") or 0))
         was_training = self.model.training
         self.model.eval()  # no BatchNorm statistics update from this extra pass
-        done = initialize(batch["image"], generator)
+        done = self.model.initialize_memory(batch["image"], generator)
         self.model.train(was_training)
         if done and dist.is_available() and dist.is_initialized():
             dist.broadcast(self.model.memory.items.data, src=0)  # every rank starts from rank 0's sample
