@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +47,16 @@ def find_mask(mask_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open and fully decode `path`; any failure becomes a DatasetError naming the file."""
-    path = Path(path)
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Any failure to read ``path`` inside the block becomes a DatasetError naming the file."""
     if not path.is_file():
         raise DatasetError(f"Image file not found: {path}")
     try:
         with warnings.catch_warnings():
             # PIL only *warns* between MAX_IMAGE_PIXELS and twice that; treat it as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            # Pillow reads 16-bit-per-channel colour PNGs (raw mode "RGB;16B") as 8-bit RGB: remember it
-            deep = any(";16" in str(getattr(tile, "args", "")) for tile in img.tile)
-            img.load()  # decode now: catches truncated files (LOAD_TRUNCATED_IMAGES stays off)
-            if deep:
-                img.info[_DEEP_KEY] = True
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DatasetError(
             f"Refusing to read {path}: too many pixels (decompression-bomb limit "
@@ -67,6 +64,18 @@ def _open_checked(path: Path) -> Image.Image:
         ) from exc
     except Exception as exc:  # UnidentifiedImageError, OSError (truncated), SyntaxError, ...
         raise DatasetError(f"Cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Open and fully decode `path`; any failure becomes a DatasetError naming the file."""
+    path = Path(path)
+    with _reading(path):
+        img = Image.open(path)
+        # Pillow reads 16-bit-per-channel colour PNGs (raw mode "RGB;16B") as 8-bit RGB: remember it
+        deep = any(";16" in str(getattr(tile, "args", "")) for tile in img.tile)
+        img.load()  # decode now: catches truncated files (LOAD_TRUNCATED_IMAGES stays off)
+        if deep:
+            img.info[_DEEP_KEY] = True
     return img
 
 
@@ -140,23 +149,11 @@ def verify_image_file(path: Path | str) -> None:
     whose ``verify`` checks little, are decoded. Lets a half-copied dataset fail at setup.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"Image file not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.format == "PNG":
-                    img.verify()
-                else:
-                    img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DatasetError(
-            f"Refusing to read {path}: too many pixels (decompression-bomb limit "
-            f"Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {exc}"
-        ) from exc
-    except Exception as exc:
-        raise DatasetError(f"Cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    with _reading(path), Image.open(path) as img:
+        if img.format == "PNG":
+            img.verify()
+        else:
+            img.load()
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
