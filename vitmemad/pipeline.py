@@ -33,6 +33,19 @@ def configure_threads(num_threads: int | None) -> None:
     torch.set_num_threads(int(num_threads))
 
 
+def compile_model(model: torch.nn.Module, option: bool | str | None) -> bool:
+    """The ``compile`` key: torch.compile ``model`` in place (its state_dict keys, so checkpoints, stay the same).
+
+    ``option`` is false/null (off), true (torch's default mode) or a mode name such as ``max-autotune``.
+    """
+    if option in (None, False) or str(option).lower() in ("false", "none", "off"):
+        return False
+    mode = None if option is True or str(option).lower() in ("true", "default") else str(option)
+    model.compile(mode=mode)
+    log.info("torch.compile(mode=%s): the first steps compile the model", mode or "default")
+    return True
+
+
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """Plain-container copy of the run config plus the chosen group names (saved in checkpoints)."""
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

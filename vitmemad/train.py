@@ -65,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = pipeline.resolved_config(cfg)
     datamodule = pipeline.build_datamodule(run_cfg["data"])
     module = AnomalyModule(run_cfg)
+    pipeline.compile_model(module.model, cfg.get("compile"))
     if resume is not None:  # another model config's checkpoint: an error naming the keys, not Lightning's traceback
         check_state_dict(module, load_checkpoint(resume)["state_dict"], resume, optional=frozenset())
     callbacks = build_callbacks(cfg) + labelled_split.callbacks_for(datamodule)  # val/image_AUROC if labelled
