@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 import pytest
 import torch
 from PIL import Image
@@ -307,6 +308,14 @@ def test_demo_masks_are_exact_and_deterministic():
             assert diff[mask == 0].max() == 0, name  # nothing changes outside the mask
             assert diff[mask == 1].mean() >= 20, name  # clearly visible inside it
             assert 0.005 <= mask.mean() <= 0.08, (name, mask.mean())
+
+
+def test_demo_stains_leave_the_range_of_every_normal_material():
+    # brick has two materials (brick ~100, mortar ~170); a stain must not turn one into the other
+    lo, hi = np.percentile(skimage.data.brick(), [2, 98])
+    stains = [img[mask == 1].mean() for _, defect, img, mask in generate_demo("brick", 0).test if defect == "spot"]
+    assert len(stains) >= 10
+    assert all(m < lo or m > hi for m in stains), (lo, hi, sorted(stains))
 
 
 def test_demo_train_and_test_crops_do_not_overlap():

@@ -145,6 +145,15 @@ def test_memory_usage_statistics():
     assert stats["mean_entropy"] == pytest.approx(math.log(2) / 3)
     assert stats["mean_active_items"] == pytest.approx(4 / 3)
     assert stats["top1_usage"][2:] == [0.0, 0.0] and stats["never_top1_fraction"] == 0.5
+    assert stats["feature_relative_error"] is None  # no feature maps given
+
+
+def test_memory_feature_relative_error_measures_what_the_memory_loses():
+    usage = MemoryUsage(2)
+    queries = torch.tensor([[3.0, 4.0], [0.0, 5.0]])  # |z|^2 = 25 + 25
+    output = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # first kept exactly, second lost entirely
+    usage.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), queries, output)
+    assert usage.compute()["feature_relative_error"] == pytest.approx(0.5)
 
 
 def test_memory_hook_sees_every_forward_and_detaches():
@@ -156,6 +165,7 @@ def test_memory_hook_sees_every_forward_and_detaches():
         memory(torch.randn(1, 4, 3, 3))
     stats = hook.detach()
     assert stats["num_queries"] == 3 * 9 and sum(stats["usage"]) == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < stats["feature_relative_error"] < 10.0  # random items rebuild random queries badly
     memory(torch.randn(1, 4, 3, 3))  # detached: no longer counted
     assert hook.usage.compute()["num_queries"] == 27
     assert MemoryUsageHook(torch.nn.Linear(2, 2)).detach() is None  # models without a memory module

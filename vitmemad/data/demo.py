@@ -7,7 +7,8 @@ training while both sets cover the top and bottom of the photo (the brick photo 
 perspective). Defective test crops carry a synthetic defect with an exact mask:
 
 - ``scratch``: a thin (2–4 px at 128 px crops) bright or dark curved line;
-- ``spot``:    an ellipse whose texture is flattened and intensity shifted by 45–70 grey levels;
+- ``spot``:    a stain: an ellipse whose texture is flattened and whose grey level moves 45–70 levels towards
+               the nearer end of the photo's normal range (out of the range of every normal material);
 - ``patch``:   a rectangle of a different texture (matched to the local mean and crop contrast),
                or, for brick, a 90°-rotated brick patch from elsewhere in the photo.
 
@@ -96,7 +97,20 @@ def _scratch(img: np.ndarray, rng, category: str) -> np.ndarray:
     return mask
 
 
+@lru_cache(maxsize=None)
+def _normal_range(category: str) -> tuple[float, float]:
+    """The photo's 2nd and 98th grey-level percentiles: the range its normal materials span."""
+    lo, hi = np.percentile(_photo(category), [2, 98])
+    return float(lo), float(hi)
+
+
 def _spot(img: np.ndarray, rng, category: str) -> np.ndarray:
+    """A stain: texture flattened, grey level pushed towards the nearer end of the photo's normal range.
+
+    Pushing towards the nearer end moves the stain out of (or to the edge of) the normal range. A shift in
+    the other direction could land on another normal material's grey level (a darkened mortar spot looks
+    like brick), which no detector should be asked to flag.
+    """
     c = img.shape[0]
     a, b = rng.uniform(0.06, 0.14, size=2) * c
     r, col = rng.uniform(0.25, 0.75, size=2) * c
@@ -104,7 +118,8 @@ def _spot(img: np.ndarray, rng, category: str) -> np.ndarray:
     mask[ellipse(r, col, a, b, shape=img.shape, rotation=rng.uniform(-np.pi, np.pi))] = True
     region = img[mask]
     m = region.mean()
-    sign = -1.0 if m > 170 else 1.0 if m < 85 else rng.choice([-1.0, 1.0])
+    lo, hi = _normal_range(category)
+    sign = -1.0 if m - lo < hi - m else 1.0
     img[mask] = np.clip(m + 0.5 * (region - m) + sign * rng.uniform(45, 70), 0, 255)
     return mask
 

@@ -12,7 +12,10 @@ and overall:
 - ``unused_fraction``: the fraction of items whose weight is 0 for every query (never used: hard
   shrinkage zeroes weights below 1/N);
 - ``never_top1_fraction``: the fraction of items that are never any query's largest weight;
-- ``mean_active_items``: mean number of items with a non-zero weight per query.
+- ``mean_active_items``: mean number of items with a non-zero weight per query;
+- ``feature_relative_error``: ||z_hat - z||^2 / ||z||^2 over all queries, how much of the encoder's feature
+  map the memory's output loses (0 = passes it unchanged). Blended, nearly uniform addressing shows up here
+  as a large loss even when every item is in use.
 """
 from __future__ import annotations
 
@@ -37,17 +40,21 @@ class MemoryUsage:
         self.weight_sum = torch.zeros(n, dtype=torch.float64)
         self.nonzero = torch.zeros(n, dtype=torch.float64)
         self.top1 = torch.zeros(n, dtype=torch.float64)
-        self.totals = torch.zeros(3, dtype=torch.float64)  # queries, entropy sum, active-item sum
+        self.totals = torch.zeros(5, dtype=torch.float64)  # queries, entropy, active items, |z_hat - z|^2, |z|^2
 
-    def update(self, weights: torch.Tensor) -> None:
+    def update(self, weights: torch.Tensor, queries: torch.Tensor | None = None, output: torch.Tensor | None = None) -> None:
         w = weights.detach().float().reshape(-1, self.num_items)
+        lost = kept = 0.0
+        if queries is not None and output is not None:
+            lost = float((output.detach().double() - queries.detach().double()).pow(2).sum())
+            kept = float(queries.detach().double().pow(2).sum())
         self.weight_sum += w.sum(0).double().cpu()
         active = w > 0
         self.nonzero += active.sum(0).double().cpu()
         self.top1 += torch.bincount(w.argmax(-1), minlength=self.num_items).double().cpu()
         entropy = -(w * torch.log(w + self.eps)).sum(-1)
         self.totals += torch.tensor(
-            [w.shape[0], float(entropy.double().sum()), float(active.sum())], dtype=torch.float64
+            [w.shape[0], float(entropy.double().sum()), float(active.sum()), lost, kept], dtype=torch.float64
         )
 
     def _sync(self) -> None:
@@ -73,6 +80,7 @@ class MemoryUsage:
             "unused_fraction": float((self.nonzero == 0).double().mean()),
             "never_top1_fraction": float((self.top1 == 0).double().mean()),
             "mean_active_items": float(self.totals[2]) / queries,
+            "feature_relative_error": float(self.totals[3] / self.totals[4]) if self.totals[4] > 0 else None,
             "usage": [round(float(v), 8) for v in self.weight_sum / queries],
             "top1_usage": [round(float(v), 8) for v in self.top1 / queries],
         }
@@ -88,7 +96,7 @@ class MemoryUsageHook:
 
     def _hook(self, module: nn.Module, inputs: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         assert self.usage is not None
-        self.usage.update(output[1])
+        self.usage.update(output[1], inputs[0], output[0])
 
     def detach(self) -> dict[str, Any] | None:
         for h in self._handles:
