@@ -3,10 +3,6 @@
 Six transposed convolutions map the (B, D, H/16, W/16) feature map back to the image: four
 upsample x2 (kernel 4, stride 2; 2^4 = 16) and two keep the size (kernel 3, stride 1). Every layer
 but the last is followed by BatchNorm + ReLU; the last by tanh, matching inputs in [-1, 1].
-
-The convolutions run in channels_last (NHWC) memory format: on a CPU (oneDNN) the decoder's forward
-pass then took 0.5-0.7x and its training step 0.6-0.9x the time of the default layout, with the same
-results to 1e-7 (`make bench`, README "Benchmarks"). The output is returned contiguous (NCHW).
 """
 from __future__ import annotations
 
@@ -38,10 +34,6 @@ class TransposedConvDecoder(nn.Module):
                 layers += [nn.BatchNorm2d(widths[i + 1]), nn.ReLU(inplace=True)]
         layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
-        #: convolve in channels_last (NHWC) layout; the weights keep theirs (checkpoints unchanged)
-        self.channels_last = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last:
-            return self.net(x)
-        return self.net(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self.net(x)
