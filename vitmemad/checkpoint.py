@@ -36,6 +36,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 OPTIONAL_KEYS = frozenset({"image_threshold", "pixel_threshold"})
 
 
+def variable_shape_keys(module: nn.Module) -> frozenset[str]:
+    """State-dict keys whose row count comes from the data, not the config (e.g. PatchCore's memory bank:
+    submodules list them in ``VARIABLE_SHAPE_BUFFERS`` and resize them when loading). Their other
+    dimensions must still match."""
+    keys = set()
+    for name, sub in module.named_modules():
+        for buffer in getattr(sub, "VARIABLE_SHAPE_BUFFERS", ()):
+            keys.add(f"{name}.{buffer}" if name else buffer)
+    return frozenset(keys)
+
+
 def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
     """Like ``load_state_dict(strict=True)`` but the error names every mismatched key and shape."""
     own = module.state_dict()
@@ -56,10 +67,11 @@ def check_state_dict(
     state_dict = {**{k: own[k] for k in optional & set(own) - set(state_dict)}, **state_dict}
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
+    variable = variable_shape_keys(module)
     shapes = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(own) & set(state_dict))
-        if own[k].shape != state_dict[k].shape
+        if own[k].shape != state_dict[k].shape and not (k in variable and own[k].shape[1:] == state_dict[k].shape[1:])
     ]
     if missing or unexpected or shapes:
         parts = []

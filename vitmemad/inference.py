@@ -30,6 +30,7 @@ from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.data.errors import DatasetError
 from vitmemad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image
 from vitmemad.data.transforms import preprocess
+from vitmemad.models.anomaly_map import anomaly_maps
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils.io import atomic_write_bytes
 from vitmemad.utils.visualize import colorize
@@ -79,7 +80,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 class ScoringModel(nn.Module):
-    """Images (B, 3, S, S) in [-1, 1] -> anomaly maps (B, S, S): reconstruction + map generator."""
+    """Images (B, 3, S, S) in [-1, 1] -> anomaly maps (B, S, S): reconstruction + map generator, or the
+    model's own feature-distance map, upsampled and smoothed (PatchCore, vitmemad_feat)."""
 
     def __init__(self, module: AnomalyModule) -> None:
         super().__init__()
@@ -87,7 +89,7 @@ class ScoringModel(nn.Module):
         self.anomaly_map = module.anomaly_map
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.anomaly_map(images, self.model(images)["reconstruction"])
+        return anomaly_maps(self.anomaly_map, images, self.model(images))
 
 
 # ---------------------------------------------------------------- inputs

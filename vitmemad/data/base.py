@@ -278,6 +278,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.augment = bool(augment)
         self.cache = bool(cache)
         self.pin_memory = bool(pin_memory)
+        # Training batches drop an incomplete last batch; models fitted on every image (PatchCore) turn it off.
+        self.drop_last = True
         self.category: str = ""
         self._samples: tuple[list[Sample], list[Sample]] | None = None
         self.train_dataset: AnomalyDataset | None = None
@@ -327,7 +329,7 @@ class AnomalyDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=shuffle and getattr(self, "drop_last", True) and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # keeps each worker's image cache alive
             pin_memory=self.pin_memory,

@@ -3,6 +3,10 @@
 The map is the per-pixel L2 error (mean over channels), the 1 - SSIM map, or their sum; it is
 smoothed with a Gaussian (paper sec. 4.2, post-processing) and resized to the ground-truth size.
 The image score is the map's maximum, as MVTec's official evaluation takes it.
+
+Feature-space models (PatchCore, ``vitmemad_feat``) return their own ``anomaly_map`` at feature
+resolution (a per-position feature distance); it is upsampled bilinearly to the input size and
+smoothed with the same Gaussian (``anomaly_map.source`` does not apply to them).
 """
 from __future__ import annotations
 
@@ -35,10 +39,26 @@ class AnomalyMapGenerator(nn.Module):
             maps = maps + ((x - reconstruction) ** 2).mean(dim=1)
         if self.source in ("ssim", "both"):
             maps = maps + (1.0 - ssim_map(x, reconstruction, self.ssim_window)).mean(dim=1)
+        return self.smooth(maps)
+
+    def smooth(self, maps: torch.Tensor) -> torch.Tensor:
+        """Gaussian smoothing of (B, H, W) maps with ``sigma`` (a no-op for sigma = 0)."""
         if self.sigma > 0:
             ksize = 2 * int(4.0 * self.sigma + 0.5) + 1
             maps = gaussian_blur2d(maps[:, None], (ksize, ksize), (self.sigma, self.sigma), border_type="reflect")[:, 0]
         return maps
+
+    def from_distances(self, distances: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, h, w) feature-space distances -> (B, H, W) float32 map: bilinear upsampling, then smoothing."""
+        return self.smooth(resize_maps(distances.float(), tuple(size)))
+
+
+def anomaly_maps(generator: AnomalyMapGenerator, images: torch.Tensor, out: dict) -> torch.Tensor:
+    """(B, H, W) maps at the input size from a model's output: its own ``anomaly_map`` when it returns one
+    (feature-space models), else the reconstruction error."""
+    if out.get("anomaly_map") is not None:
+        return generator.from_distances(out["anomaly_map"], tuple(images.shape[-2:]))
+    return generator(images, out["reconstruction"])
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -8,12 +8,12 @@ from torch import nn
 from .cae import ConvAutoencoder
 from .vitmemad import ViTMemAE
 
-MODEL_KINDS = ("vitmemad", "cae")
+MODEL_KINDS = ("vitmemad", "cae", "patchcore", "vitmemad_feat")
 
 
 def has_ablation(model_cfg: Mapping[str, Any]) -> bool:
-    """Only the ViT model has memory / coordinate-attention switches."""
-    return model_cfg["kind"] == "vitmemad"
+    """Only the paper's models (pixel and feature space) have memory / coordinate-attention switches."""
+    return model_cfg["kind"] in ("vitmemad", "vitmemad_feat")
 
 
 def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
@@ -21,6 +21,10 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
     kind = model_cfg["kind"]
     if kind == "cae":
         return ConvAutoencoder(image_size, model_cfg["latent_dim"], model_cfg["width"])
+    if kind == "patchcore":
+        return _build_patchcore(model_cfg)
+    if kind == "vitmemad_feat":
+        return _build_feature_ae(model_cfg, image_size, ablation)
     if kind != "vitmemad":
         raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {kind!r}")
     use_memory, use_ca = bool(ablation["memory"]), bool(ablation["coord_attention"])
@@ -42,4 +46,43 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         ca_reduction=ca["reduction"],
         ca_residual=bool(ca.get("residual", False)),
         decoder_channels=tuple(model_cfg["decoder"]["channels"]),
+    )
+
+
+def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
+    from .patchcore import PatchCore  # needs the `pretrained` extra
+
+    backbone, coreset = model_cfg["backbone"], model_cfg["coreset"]
+    return PatchCore(
+        out_indices=tuple(backbone["out_indices"]),
+        local_size=int(backbone["local_size"]),
+        equalize_layers=bool(backbone.get("equalize_layers", True)),
+        coreset_ratio=float(coreset["ratio"]),
+        projection_dim=coreset.get("projection_dim"),
+        max_bank=coreset.get("max_bank"),
+        seed=int(coreset.get("seed", 0)),
+    )
+
+
+def _build_feature_ae(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
+    from .feature_ae import FeatureMemAE  # needs the `pretrained` extra
+
+    backbone, enc, mem, ca = model_cfg["backbone"], model_cfg["encoder"], model_cfg["memory"], model_cfg["coord_attention"]
+    return FeatureMemAE(
+        out_indices=tuple(backbone["out_indices"]),
+        local_size=int(backbone["local_size"]),
+        equalize_layers=bool(backbone.get("equalize_layers", True)),
+        embed_dim=int(enc["embed_dim"]),
+        downsample=int(enc["downsample"]),
+        use_memory=bool(ablation["memory"]),
+        memory_size=mem["size"],
+        memory_temperature=mem["temperature"],
+        memory_addressing=mem["addressing"],
+        memory_shrink_threshold=mem.get("shrink_threshold"),
+        memory_init=mem.get("init", "random"),
+        use_coord_attention=bool(ablation["coord_attention"]),
+        ca_reduction=ca["reduction"],
+        ca_residual=bool(ca.get("residual", False)),
+        decoder_channels=tuple(model_cfg["decoder"]["channels"]),
+        image_size=image_size,
     )

@@ -1,4 +1,5 @@
-"""One LightningModule around any reconstruction model (ViT+M+CA, its ablations, the CAE).
+"""One LightningModule around any model: reconstruction models (ViT+M+CA, its ablations, the CAE) and
+feature-space models (``vitmemad_feat``, PatchCore) that return an ``anomaly_map`` themselves.
 
 Training minimises the paper's loss on normal images; validation computes the same loss on a
 held-out set of normal *training* images (never the test set); testing scores every test image
@@ -15,7 +16,7 @@ import torch.distributed as dist
 
 from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
 
-from .anomaly_map import AnomalyMapGenerator, resize_maps
+from .anomaly_map import AnomalyMapGenerator, anomaly_maps, resize_maps
 from .factory import build_model, has_ablation
 from .loss import ReconstructionLoss
 from .memory_stats import MemoryUsageHook
@@ -58,7 +59,35 @@ class AnomalyModule(L.LightningModule):
 
     def _loss(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
         out = self.model(images)
+        if out.get("feature_error") is not None:  # feature-space models: their own per-position error
+            return self.criterion.feature_terms(out["feature_error"], out["memory_weights"]), out
         return self.criterion(images, out["reconstruction"], out["memory_weights"]), out
+
+    # ------------------------------------------------- models fitted without gradients (PatchCore)
+    @property
+    def fits_without_gradients(self) -> bool:
+        return hasattr(self.model, "collect")
+
+    def _build_bank(self) -> None:
+        """Turn the patch features collected this epoch (all ranks) into the model's memory bank."""
+        if not self.fits_without_gradients or not self.model.has_pending_features:
+            return
+        features = self.model.pending_features()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, features)
+            features = torch.cat(parts)  # every rank builds the same bank from the same features
+        self.model.build_bank(features)
+
+    def on_train_epoch_end(self) -> None:
+        self._build_bank()  # when there is no validation run (which builds it first)
+
+    def setup(self, stage: str) -> None:
+        """PatchCore's bank is built from every training image: no dropped last batch."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(datamodule, "inner", datamodule)  # a labelled-split wrapper forwards to its inner one
+        if self.fits_without_gradients and stage == "fit" and hasattr(datamodule, "drop_last"):
+            datamodule.drop_last = False
 
     # ------------------------------------------------------------ memory warm-up
     def memory_warmup_epochs(self) -> int:
@@ -80,6 +109,7 @@ class AnomalyModule(L.LightningModule):
             self.model.bypass_memory = self.in_memory_warmup()
 
     def on_validation_epoch_start(self) -> None:
+        self._build_bank()  # validation runs before on_train_epoch_end
         self.on_train_epoch_start()
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -111,7 +141,10 @@ class AnomalyModule(L.LightningModule):
             dist.broadcast(memory.usage, src=0)
         self.log("train/memory_restarts", float(restarted), on_step=True, on_epoch=False)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if self.fits_without_gradients:  # PatchCore: collect patch features, no optimisation step
+            self.model.collect(batch["image"])
+            return None
         terms, _ = self._loss(batch["image"])
         if not torch.isfinite(terms["loss"]):
             raise FloatingPointError(
@@ -124,14 +157,14 @@ class AnomalyModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         terms, out = self._loss(batch["image"])
-        maps = self.anomaly_map(batch["image"], out["reconstruction"])
+        maps = anomaly_maps(self.anomaly_map, batch["image"], out)
         bs = batch["image"].shape[0]
         if self.in_memory_warmup():
             # Without its memory the model is not the one we test: keep warm-up epochs out of `best`.
             terms = {**terms, "loss": torch.full_like(terms["loss"], float("inf"))}
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True)
         # the same yardstick whatever the loss weights: what a normal-only lambda search selects on
-        self.log("val/recon_unweighted", terms["l2"] + terms["ssim"], on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("val/recon_unweighted", terms["l2"] + terms.get("ssim", 0.0), on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
         self._val_image_scores.append(maps.flatten(1).amax(1).detach())
         self._val_pixel_scores.append(_subsample(maps.detach().flatten(), MAX_PIXELS_PER_BATCH))
@@ -148,6 +181,8 @@ class AnomalyModule(L.LightningModule):
         self._val_pixel_scores.clear()
 
     def configure_optimizers(self) -> Any:
+        if self.fits_without_gradients:
+            return None  # nothing to optimise (Lightning runs the epoch without an optimizer)
         opt_cfg = self.cfg["model"]["optimizer"]
         optimizer = torch.optim.Adam(
             self.parameters(),
@@ -166,10 +201,13 @@ class AnomalyModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ---------------------------------------------------------------- scoring
-    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 3, S, S) in [-1, 1] -> (anomaly maps (B, S, S), reconstructions)."""
+    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B, 3, S, S) in [-1, 1] -> (anomaly maps (B, S, S), reconstructions or None).
+
+        Feature-space models (PatchCore, ``vitmemad_feat``) have no pixel reconstruction: None.
+        """
         out = self.model(images)
-        return self.anomaly_map(images, out["reconstruction"]), out["reconstruction"]
+        return anomaly_maps(self.anomaly_map, images, out), out["reconstruction"]
 
     def _reset_test_buffers(self) -> None:
         self._records: list[tuple[float, int, str]] = []
@@ -216,7 +254,7 @@ class AnomalyModule(L.LightningModule):
             size = tuple(images.shape[-2:])
             mask = torch.nn.functional.interpolate(masks[i][None, None].float(), size=size, mode="nearest")[0, 0]
             self.examples["image"].append(images[i].detach().float().cpu())
-            self.examples["reconstruction"].append(recon[i].detach().float().cpu())
+            self.examples["reconstruction"].append(recon[i].detach().float().cpu() if recon is not None else None)
             self.examples["map"].append(maps[i].detach().float().cpu())
             self.examples["mask"].append(mask.cpu())
 
@@ -278,3 +316,4 @@ def per_defect_auroc(records: list[tuple[float, int, str]]) -> dict[str, float]:
         metric.update(scores[:, None, None], labels[:, None, None])
         result[defect] = float(metric.compute())
     return result
+

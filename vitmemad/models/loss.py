@@ -49,3 +49,9 @@ class ReconstructionLoss(nn.Module):
         ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
         total = self.lambda_recon * recon + self.lambda_ent * ent
         return {"loss": total, "l2": l2, "ssim": l_ssim, "entropy": ent}
+
+    def feature_terms(self, feature_error: torch.Tensor, memory_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Feature-space models: ``l2`` = mean of their per-position squared feature error (no SSIM term)."""
+        l2 = feature_error.float().mean()
+        ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
+        return {"loss": self.lambda_recon * l2 + self.lambda_ent * ent, "l2": l2, "entropy": ent}

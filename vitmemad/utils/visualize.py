@@ -1,4 +1,8 @@
-"""examples.png: a grid of test examples (input | reconstruction | anomaly map | ground truth)."""
+"""examples.png: a grid of test examples (input | reconstruction | anomaly map | ground truth).
+
+Models without a pixel reconstruction (PatchCore, vitmemad_feat: ``None`` entries) get an
+"overlay" column instead: the anomaly map as a jet heatmap blended over the input.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +15,9 @@ from PIL import Image, ImageDraw
 from .io import atomic_write_bytes
 
 COLUMNS = ("input", "reconstruction", "anomaly map", "ground truth")
+OVERLAY_COLUMNS = ("input", "overlay", "anomaly map", "ground truth")
 HEADER = 16
+OVERLAY_ALPHA = 0.5
 
 
 def to_uint8_image(image: torch.Tensor) -> np.ndarray:
@@ -34,15 +40,23 @@ def examples_grid(examples: dict[str, list[torch.Tensor]]) -> Image.Image:
     maps = torch.stack(examples["map"])
     vmin, vmax = float(maps.min()), float(torch.quantile(maps.flatten(), 0.999))
     h, w = examples["image"][0].shape[-2:]
+    recons = examples.get("reconstruction") or [None] * n
+    overlay = any(rec is None for rec in recons)
     grid = Image.new("RGB", (4 * w, n * h + HEADER), "white")
     draw = ImageDraw.Draw(grid)
-    for c, title in enumerate(COLUMNS):
+    for c, title in enumerate(OVERLAY_COLUMNS if overlay else COLUMNS):
         draw.text((c * w + 2, 2), title, fill="black")
     for r in range(n):
+        image = to_uint8_image(examples["image"][r])
+        heat = colorize(examples["map"][r], vmin, vmax)
+        second = (
+            np.clip(np.rint((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * heat.astype(np.float32)), 0, 255).astype(np.uint8)
+            if overlay else to_uint8_image(recons[r])
+        )
         tiles = [
-            to_uint8_image(examples["image"][r]),
-            to_uint8_image(examples["reconstruction"][r]),
-            colorize(examples["map"][r], vmin, vmax),
+            image,
+            second,
+            heat,
             np.repeat((examples["mask"][r].numpy() > 0).astype(np.uint8)[..., None] * 255, 3, axis=2),
         ]
         for c, tile in enumerate(tiles):

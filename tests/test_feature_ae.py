@@ -1,0 +1,101 @@
+"""vitmemad_feat: memory + coordinate attention + decoder on pretrained features, with its ablations."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from helpers import REPO_ROOT, read_metrics, run_module
+from vitmemad.models.feature_ae import FeatureMemAE
+from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.models.memory import MemoryModule
+
+CONF = str(REPO_ROOT / "conf")
+SMALL = ["model=vitmemad_feat", "model.image_size=64", "model.batch_size=4", "model.encoder.embed_dim=32",
+         "model.decoder.channels=[32]", "model.memory.size=16"]
+
+
+def compose_train(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    cfg.paths.output_dir = "/tmp/unused"
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("ablation, memory, ca", [("base", False, False), ("m", True, False), ("ca", False, True),
+                                                  ("m_ca", True, True)])
+def test_each_ablation_trains_a_step(ablation, memory, ca):
+    torch.manual_seed(0)
+    module = AnomalyModule(compose_train(*SMALL, f"ablation={ablation}"))
+    model = module.model
+    assert isinstance(model, FeatureMemAE) and module.uses_ablation
+    assert (model.memory is not None, model.coord_attention is not None) == (memory, ca)
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    module.train()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    losses = []
+    for _ in range(5):
+        terms, out = module._loss(images)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(float(terms["loss"].detach()))
+    assert set(terms) == {"loss", "l2", "entropy"}
+    assert out["reconstruction"] is None and out["anomaly_map"].shape == (4, 8, 8)
+    assert (out["memory_weights"] is not None) == memory
+    assert losses[-1] < losses[0]  # it learns
+    # the frozen backbone neither trains nor updates its BatchNorm statistics
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    # the feature statistics came from the first training batch and stay fixed
+    assert bool(model.stats_initialized)
+    assert float(model.feature_std.min()) > 0
+    module.eval()
+    maps, recon = module.score(images)
+    assert maps.shape == (4, 64, 64) and recon is None and torch.isfinite(maps).all()
+
+
+def test_anomaly_map_is_the_feature_distance():
+    torch.manual_seed(0)
+    model = FeatureMemAE(embed_dim=16, decoder_channels=[16], memory_size=8, image_size=64).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = model(x)
+    target = model.target_features(x)
+    z = model.encoder(target)
+    z, _ = model.memory(z)
+    recon = model.decoder(model.coord_attention(z))
+    torch.testing.assert_close(out["anomaly_map"], (recon - target).norm(dim=1))
+    torch.testing.assert_close(out["feature_error"], (recon - target).square().mean(1))
+    assert not bool(model.stats_initialized)  # eval mode never sets the statistics
+
+
+def test_memory_init_from_features_sets_the_statistics_first():
+    torch.manual_seed(0)
+    model = FeatureMemAE(embed_dim=16, decoder_channels=[16], memory_size=8, memory_init="features")
+    assert isinstance(model.memory, MemoryModule) and not bool(model.memory.initialized)
+    model.eval()
+    assert model.initialize_memory(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert bool(model.stats_initialized) and bool(model.memory.initialized)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"image_size": 72}, "multiple of 16"),
+    ({"downsample": 2, "decoder_channels": [16]}, "one width per"),
+    ({"embed_dim": 0}, "embed_dim"),
+])
+def test_bad_settings_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeatureMemAE(**{"embed_dim": 16, "decoder_channels": [16], **kwargs})
+
+
+def test_vitmemad_feat_through_train(tmp_path):
+    run_module("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1", "data.n_train=16", "data.n_test_good=4",
+               "data.n_test_defect=4", "data.crop_size=64", f"hydra.run.dir={tmp_path}", "num_threads=1")
+    metrics = read_metrics(tmp_path)
+    assert metrics["model"] == "vitmemad_feat" and metrics["ablation"] == "base"
+    assert metrics["epochs"] == 1 and metrics["num_test_images"] == 8
+    assert all(0 <= metrics[k] <= 1 for k in ("image_AUROC", "pixel_AUROC", "PRO"))
+    assert (tmp_path / "examples.png").is_file()
