@@ -19,6 +19,9 @@ Outputs (in ``--out``, default the first DIR; regenerated on every call, so they
     variant (Base, Base + M, Base + CA, Base + M + CA) with the measured mean over categories (± std over
     seeds) beside Table 6's MVTec means, plus the gains over Base.
   * Datasets without paper numbers (demo, folder): the measured per-category table only.
+  * PatchCore as a measured reference: when the runs include ``model=patchcore`` runs of a dataset, every
+    other model's table of that dataset gets a "PatchCore" column after each metric (its measured mean over
+    runs, same category; the mean row over the same categories), and the ablation table a PatchCore row.
   * Per defect type: image AUROC from metrics.json's ``per_defect``.
   "—" marks a value that is null or not reported.
 
@@ -69,6 +72,9 @@ PAPER_TABLES = {"mvtec": "Tables 3 (I-AUROC) and 4 (P-AUROC, PRO)", "btad": "Tab
 PAPER_ORDER = {"mvtec": PAPER_MVTEC_ORDER, "btad": PAPER_BTAD_ORDER}
 DATASET_TITLES = {"mvtec": "MVTec AD", "btad": "BTAD", "demo": "demo"}
 DASH = "—"
+#: The measured reference model of the comparison columns (a pretrained-feature baseline).
+REFERENCE_MODEL = "patchcore"
+REFERENCE_LABEL = "PatchCore"
 
 
 class NoMetricsFound(FileNotFoundError):
@@ -330,10 +336,16 @@ def _title(dataset: str, model: str, ablation: str | None) -> str:
 # --------------------------------------------------------------------------------------------- sections
 
 
-def per_category_section(dataset: str, model: str, ablation: str | None, runs: list[dict]) -> list[str]:
-    """Tables 3/4 (MVTec) or 5 (BTAD) style; measured values only for datasets the paper does not cover."""
+def per_category_section(dataset: str, model: str, ablation: str | None, runs: list[dict],
+                         reference: dict[str, list[dict]] | None = None) -> list[str]:
+    """Tables 3/4 (MVTec) or 5 (BTAD) style; measured values only for datasets the paper does not cover.
+
+    ``reference``: PatchCore's runs of this dataset by category; when given (and ``model`` is not PatchCore
+    itself) each metric gets a measured PatchCore column.
+    """
     by_cat = _by_category(runs, dataset)
     with_paper = dataset in PAPER_TABLES
+    reference = reference if reference and model != REFERENCE_MODEL else None
     out = [f"### {_title(dataset, model, ablation)}", ""]
     if with_paper:
         out.append(f"Measured vs the paper's \"Ours\" ({PAPER_TABLES[dataset]}); Δ = measured − paper, percentage points.")
@@ -342,11 +354,17 @@ def per_category_section(dataset: str, model: str, ablation: str | None, runs: l
                        f"`{ablation}` variant it reports only MVTec means (Table 6, see the ablation table).")
         header = ["Category", "runs", "epochs"]
         for m in METRICS:
-            header += [f"{METRIC_LABELS[m]}", "paper", "Δ"]
+            header += [f"{METRIC_LABELS[m]}", "paper", "Δ"] + ([REFERENCE_LABEL] if reference else [])
         header.append("train s")
     else:
         out.append("No per-category numbers in the paper for this dataset: measured values only.")
-        header = ["Category", "runs", "epochs", *(METRIC_LABELS[m] for m in METRICS), "train s"]
+        header = ["Category", "runs", "epochs"]
+        for m in METRICS:
+            header += [METRIC_LABELS[m]] + ([REFERENCE_LABEL] if reference else [])
+        header.append("train s")
+    if reference:
+        out.append(f"{REFERENCE_LABEL}: measured `model={REFERENCE_MODEL}` runs in the same report (pretrained ImageNet "
+                   "features, no training), mean over its runs of the same category.")
     out.append("")
     rows = []
     for cat, cruns in by_cat.items():
@@ -357,6 +375,8 @@ def per_category_section(dataset: str, model: str, ablation: str | None, runs: l
             if with_paper:
                 paper = paper_ours(dataset, cat, m)
                 row += [fmt_paper(paper), fmt_delta(mean, paper)]
+            if reference:
+                row.append(fmt_measured(*mean_std(r[m] for r in reference.get(cat, []))[:2]))
         row.append(_seconds(cruns))
         rows.append(row)
     # mean row: over the categories that have a value; the paper's mean over the same categories
@@ -372,6 +392,8 @@ def per_category_section(dataset: str, model: str, ablation: str | None, runs: l
             paper = computed_average(table, "Ours", m, cats) if cats else None
             mean_row += [fmt_paper(paper), fmt_delta(overall, paper)]
             partial_cats |= bool(cats) and len(cats) < len(PAPER_ORDER[dataset])
+        if reference:
+            mean_row.append(_reference_mean(reference, cats, m))
     mean_row.append(_seconds(runs))
     rows.append(mean_row)
     out += md_table(header, rows)
@@ -400,12 +422,26 @@ def per_category_section(dataset: str, model: str, ablation: str | None, runs: l
     return out
 
 
+def _reference_mean(reference: dict[str, list[dict]], categories: Iterable[str], metric: str) -> str:
+    """The reference model's mean over the given categories; only when it covers all of them."""
+    categories = list(categories)
+    if not categories or any(c not in reference for c in categories):
+        return DASH
+    overall, std, cats = category_mean({c: reference[c] for c in categories}, metric)
+    return fmt_measured(overall, std) if len(cats) == len(categories) else DASH
+
+
 def _ours_table(dataset: str, metric: str) -> str:
     return "table5" if dataset == "btad" else ("table3" if metric == "image_AUROC" else "table4")
 
 
-def ablation_section(dataset: str, model: str, runs: list[dict]) -> list[str]:
-    """Table 6 style: one row per variant, measured mean over categories beside the paper's MVTec means."""
+def ablation_section(dataset: str, model: str, runs: list[dict],
+                     reference: dict[str, list[dict]] | None = None) -> list[str]:
+    """Table 6 style: one row per variant, measured mean over categories beside the paper's MVTec means.
+
+    With ``reference`` (PatchCore's runs by category) a last row gives its measured means over the same
+    categories (when it covers them all).
+    """
     by_variant = _group(runs, "ablation")
     variants = list(ABLATIONS) + sorted(
         {a for (a,) in by_variant if a not in ABLATIONS and a is not None})
@@ -432,6 +468,12 @@ def ablation_section(dataset: str, model: str, runs: list[dict]) -> list[str]:
             means[(v, m)] = overall
             paper = ablation_value(v, m) if v in ABLATIONS else None
             row += [fmt_measured(overall, std), fmt_paper(paper), fmt_delta(overall, paper)]
+        rows.append(row)
+    all_cats = sorted({c for cats in cat_sets.values() for c in cats}, key=lambda c: _category_rank(dataset, c))
+    if reference and model != REFERENCE_MODEL:
+        row = [f"{REFERENCE_LABEL} (measured reference)", len(all_cats), sum(len(reference.get(c, [])) for c in all_cats)]
+        for m in METRICS:
+            row += [_reference_mean(reference, all_cats, m), DASH, DASH]
         rows.append(row)
     out += md_table(header, rows)
     out.append("")
@@ -503,12 +545,14 @@ def render_markdown(records: list[dict], sources: Sequence[str] = ()) -> str:
     for dataset in datasets:
         out += [f"## {DATASET_TITLES.get(dataset, dataset)}", ""]
         keys = sorted((k for k in groups if k[0] == dataset), key=lambda k: (k[1], _ablation_rank(k[2])))
+        reference = _by_category([r for r in records if r["dataset"] == dataset and r["model"] == REFERENCE_MODEL],
+                                 dataset) or None
         for _, model, ablation in keys:
-            out += per_category_section(dataset, model, ablation, groups[(dataset, model, ablation)])
+            out += per_category_section(dataset, model, ablation, groups[(dataset, model, ablation)], reference)
         for model in sorted({k[1] for k in keys}):
             mruns = [r for r in records if r["dataset"] == dataset and r["model"] == model]
             if len({r["ablation"] for r in mruns if r["ablation"] is not None}) > 1:
-                out += ablation_section(dataset, model, mruns)
+                out += ablation_section(dataset, model, mruns, reference)
     out += per_defect_section(records)
     return "\n".join(out).rstrip() + "\n"
 

@@ -343,3 +343,59 @@ def test_mean_row_std_over_seeds_across_categories(tmp_path):
     assert rows[2][3] == f"75.0 ± {100 * math.sqrt(2 * 0.1 ** 2):.1f}" == "75.0 ± 14.1"
     assert rows[2][4] == "—" and rows[2][5] == "50.0 ± 0.0"
     assert rows[2][2] == "2–3" and "different epoch counts" in md
+
+
+# ----------------------------------------------------------------------------------- PatchCore reference
+
+
+def _header_after(md: str, heading_start: str) -> list[str]:
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading_start))
+    header = next(line for line in lines[start + 1:] if line.startswith("|"))
+    return [c.strip() for c in header.strip().strip("|").split("|")]
+
+
+def test_patchcore_is_a_measured_column_beside_the_paper(runs, tmp_path):
+    for seed, (i, p, pro) in enumerate([(1.0, 0.978, 0.909), (0.99, 0.976, 0.905)]):
+        _write(runs, f"pc/{seed}", dataset="mvtec", category="bottle", model="patchcore", ablation=None, seed=seed,
+               epochs=1, image_AUROC=i, pixel_AUROC=p, PRO=pro)
+    _write(runs, "pc/cable", dataset="mvtec", category="cable", model="patchcore", ablation=None,
+           image_AUROC=0.98, pixel_AUROC=0.97, PRO=0.90)
+    _write(runs, "mv/cable", dataset="mvtec", category="grid", model="cae", ablation=None,
+           image_AUROC=0.60, pixel_AUROC=0.70, PRO=0.50)
+    _, md_path = report.write_report(report.collect([runs]), tmp_path)
+    md = md_path.read_text()
+
+    heading = "### MVTec AD: model `vitmemad_paper`"
+    assert _header_after(md, heading) == ["Category", "runs", "epochs", "I-AUROC", "paper", "Δ", "PatchCore",
+                                          "P-AUROC", "paper", "Δ", "PatchCore", "PRO", "paper", "Δ", "PatchCore",
+                                          "train s"]
+    bottle, mean = _table_after(md, heading)
+    # measured, the paper's "Ours", Δ, then PatchCore's mean ± std over its two bottle runs
+    assert bottle[3:7] == ["93.0 ± 4.2", "94.0", "-1.0", "99.5 ± 0.7"]
+    assert bottle[7:11] == ["93.0 ± 1.4", "95.1", "-2.1", "97.7 ± 0.1"]
+    assert bottle[11:15] == ["86.0 ± 1.4", "92.1", "-6.1", "90.7 ± 0.3"]
+    assert mean[6] == "99.5 ± 0.7"  # over the same category (bottle), not PatchCore's cable run
+    # a category PatchCore has no run of: a dash, and no mean over a partial cover
+    cae = _table_after(md, "### MVTec AD: model `cae`")
+    assert [r[0] for r in cae[:2]] == ["grid", "bottle"]
+    assert cae[0][6] == "—" and cae[1][6] == "99.5 ± 0.7" and cae[2][6] == "—"
+    # PatchCore's own table has no comparison column; other datasets get none either
+    assert "PatchCore" not in _header_after(md, "### MVTec AD: model `patchcore`")
+    assert _table_after(md, "### MVTec AD: model `patchcore`")[0][:4] == ["bottle", "2", "1", "99.5 ± 0.7"]
+    assert "PatchCore" not in _header_after(md, "### BTAD: model `vitmemad_paper`")
+    assert "PatchCore" not in _header_after(md, "### Ablation (Table 6 style): demo")
+
+
+def test_patchcore_row_in_the_ablation_table(runs, tmp_path):
+    _write(runs, "pc/demo", model="patchcore", ablation=None, image_AUROC=0.97, pixel_AUROC=0.97, PRO=0.92)
+    _, md_path = report.write_report(report.collect([runs]), tmp_path)
+    md = md_path.read_text()
+    rows = _table_after(md, "### Ablation (Table 6 style): demo")
+    assert [r[0] for r in rows] == ["Base", "Base + M", "Base + CA", "Base + M + CA", "PatchCore (measured reference)"]
+    assert rows[-1][1:] == ["1", "1", "97.0", "—", "—", "97.0", "—", "—", "92.0", "—", "—"]
+    # the demo (no paper numbers) tables get the PatchCore column after each measured metric
+    assert _header_after(md, "### demo: model `vitmemad_cpu`, ablation `base`") == [
+        "Category", "runs", "epochs", "I-AUROC", "PatchCore", "P-AUROC", "PatchCore", "PRO", "PatchCore", "train s"]
+    assert _table_after(md, "### demo: model `vitmemad_cpu`, ablation `base`")[0][3:9] == [
+        "65.0 ± 7.1", "97.0", "60.0 ± 0.0", "97.0", "50.0 ± 0.0", "92.0"]
