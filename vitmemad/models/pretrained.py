@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +218,3 @@ class FeatureExtractor(nn.Module):
             maps = [m * scale if scale != 1.0 else m for m, scale in zip(maps, self.layer_scales)]
             return torch.cat(maps, dim=1)
 
-
-def describe() -> dict[str, Any]:
-    """What the weights are, for provenance."""
-    return {"architecture": ARCH, "package": PIP_NAME, "file": weights_path().name}
