@@ -1,6 +1,7 @@
 """End to end: configs compose, one training step learns, train -> eval round trip on demo data."""
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
 from vitmemad.checkpoint import load_checkpoint
 from vitmemad.data import DemoDataModule, collate
-from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.models.lightning_module import AnomalyModule, WarmupCosine
 from vitmemad.pipeline import DATA_CONFIG_ONLY
 
 CONF = str(REPO_ROOT / "conf")
@@ -75,11 +76,30 @@ def test_one_batch_training_step_reduces_the_loss():
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
+def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
+    schedule = WarmupCosine(warmup_steps=4, total_steps=20, cosine=True, final=0.01)
+    factors = [schedule(step) for step in range(21)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))  # monotone decay after warm-up
+    assert factors[-1] == pytest.approx(0.01)
+    assert WarmupCosine(3, 20, cosine=False, final=0.01)(15) == 1.0
+    # LambdaLR keeps a callable object's state in its state_dict: a resumed run continues the same schedule
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    assert sched.state_dict()["lr_lambdas"][0] == vars(schedule)
+
+
 @pytest.mark.parametrize("model", ["vitmemad_cpu", "cae"])
 def test_train_then_eval_round_trip(tmp_path, model):
     run_dir = tmp_path / "train"
-    run_module("vitmemad.train", f"model={model}", *TINY_DEMO, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}")
+    run_module("vitmemad.train", f"model={model}", *TINY_DEMO, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
+               "logger=csv", "model.optimizer.warmup_epochs=1")
     trained = read_metrics(run_dir)
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:  # logger=csv: one row of figures per epoch
+        rows = list(csv.DictReader(f))
+    train_losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(train_losses) == 2 and all(math.isfinite(v) for v in train_losses)
+    assert {"train/l2", "train/ssim", "val/loss", "val/image_score"} <= set(rows[0])
     assert CONTRACT_KEYS <= set(trained)
     assert trained["epochs"] == 2 and trained["train_seconds"] > 0
     assert trained["model"] == model and trained["ablation"] == ("m_ca" if model != "cae" else None)
