@@ -40,7 +40,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -53,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 sys.path.insert(0, str(REPO))
 
-from gpu_check import count_flops  # noqa: E402  (FLOPs, with the CPU fused-attention kernels counted)
+from gpu_check import count_flops, rss_mib  # noqa: E402  (FLOPs, with the CPU fused-attention kernels counted)
 SHARED = Path(os.environ.get("VITMEMAD_SHARED", REPO.parent / "shared"))
 MVTEC_ROOT = SHARED / "data" / "mvtec"
 
@@ -102,15 +101,6 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str
     return best
 
 
-def rss_mib(field: str = "VmRSS") -> float:
-    """Current (VmRSS) or peak (VmHWM) resident memory of this process in MiB (Linux /proc)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reset_peak_rss() -> bool:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
+
+from gpu_check import rss_mib  # noqa: E402  (sibling script; stdlib only)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -146,7 +147,7 @@ def run(n_images: int = 112, height: int = 384, width: int = 288, repeats: int =
     for name, cls in (("pixel_auroc", PixelAUROC), ("image_auroc", ImageAUROC), ("pro_metric", PRO)):
         seconds, value = _metric_time(cls, maps, masks)
         res[name] = {"compute_seconds": seconds, "value": value}
-    res["self_peak_rss_MiB"] = _rss_mib("VmHWM")
+    res["self_peak_rss_MiB"] = rss_mib("VmHWM")
     del maps, masks
     if oracle:
         res["oracle_binned_abs_error"] = oracle_binned_errors()
@@ -155,15 +156,6 @@ def run(n_images: int = 112, height: int = 384, width: int = 288, repeats: int =
     return res
 
 
-def _rss_mib(field: str = "VmRSS") -> float:
-    """Current (VmRSS) or peak (VmHWM) resident memory of this process, from /proc (Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # fallback: lifetime peak
 
 
 def _reset_peak_rss() -> None:
@@ -182,7 +174,7 @@ def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float, check: bo
     """
     _reset_peak_rss()
     out = {"n_images": n, "height": h, "width": w, "pixels": n * h * w, "fpr_limit": fpr_limit,
-           "rss_MiB_after_imports": _rss_mib()}
+           "rss_MiB_after_imports": rss_mib()}
     rng = np.random.default_rng(1)
     metrics = {"pro": PRO(fpr_limit=fpr_limit), "pixel_auroc": PixelAUROC(), "image_auroc": ImageAUROC()}
     t_gen = t_update = 0.0
@@ -198,15 +190,15 @@ def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float, check: bo
         t_gen, t_update = t_gen + t1 - t0, t_update + time.perf_counter() - t1
         del maps, masks
     out.update(seconds_generate=t_gen, seconds_update_all_metrics=t_update,
-               peak_rss_MiB_updates=_rss_mib("VmHWM"), rss_MiB_holding_all_states=_rss_mib())
+               peak_rss_MiB_updates=rss_mib("VmHWM"), rss_MiB_holding_all_states=rss_mib())
     for name, metric in metrics.items():
         _reset_peak_rss()
-        before = _rss_mib()
+        before = rss_mib()
         t0 = time.perf_counter()
         out[f"{name}_value"] = metric.compute().item()
         out[f"{name}_compute_seconds"] = time.perf_counter() - t0
-        out[f"{name}_compute_peak_rss_MiB"] = _rss_mib("VmHWM")
-        out[f"{name}_compute_extra_MiB"] = _rss_mib("VmHWM") - before
+        out[f"{name}_compute_peak_rss_MiB"] = rss_mib("VmHWM")
+        out[f"{name}_compute_extra_MiB"] = rss_mib("VmHWM") - before
     out["peak_rss_MiB"] = max(v for k, v in out.items() if k.startswith("peak_rss") or k.endswith("peak_rss_MiB"))
     if check:  # copies made only now, so that they do not inflate the figures above
         ref_maps = torch.cat(metrics["pro"].maps).numpy().reshape(n, h, w)
@@ -214,11 +206,11 @@ def _scale_child(n: int, h: int, w: int, batch: int, fpr_limit: float, check: bo
         for metric in metrics.values():
             metric.reset()
         _reset_peak_rss()
-        before = _rss_mib()
+        before = rss_mib()
         t0 = time.perf_counter()
         ref = pro_reference(ref_maps, ref_masks, fpr_limit)
         out.update(reference_value=ref, reference_seconds=time.perf_counter() - t0,
-                   reference_extra_MiB=_rss_mib("VmHWM") - before, reference_abs_diff=abs(ref - out["pro_value"]))
+                   reference_extra_MiB=rss_mib("VmHWM") - before, reference_abs_diff=abs(ref - out["pro_value"]))
     return out
 
 

@@ -107,10 +107,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _peak_rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """Current (VmRSS) or peak (VmHWM) resident memory of this process in MiB (Linux /proc; else the lifetime peak)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -133,7 +134,7 @@ def _peak(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         return {"max_memory_allocated_MiB": torch.cuda.max_memory_allocated(device) / 2**20,
                 "max_memory_reserved_MiB": torch.cuda.max_memory_reserved(device) / 2**20}
-    return {"peak_rss_MiB": _peak_rss_mib()}
+    return {"peak_rss_MiB": rss_mib("VmHWM")}
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
