@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 def test_cpu_real_preset_detects_bottle_defects(tmp_path, mvtec_root):
     run_dir = tmp_path / "bottle"
-    # the experiment=cpu_real preset, shortened (128 px, 20 epochs) so that it fits a test
+    # the experiment=cpu_real preset, shortened to 20 epochs so that it fits a test (128 px stated for clarity)
     run_module(
         "vitmemad.train", "experiment=cpu_real", "data=mvtec", f"data.root={mvtec_root}", "data.category=bottle",
         "model.image_size=128", "model.epochs=20", f"hydra.run.dir={run_dir}", timeout=1200,
