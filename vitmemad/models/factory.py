@@ -27,8 +27,7 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         return _build_feature_ae(model_cfg, image_size, ablation)
     if kind != "vitmemad":
         raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {kind!r}")
-    use_memory, use_ca = bool(ablation["memory"]), bool(ablation["coord_attention"])
-    enc, mem, ca = model_cfg["encoder"], model_cfg["memory"], model_cfg["coord_attention"]
+    enc = model_cfg["encoder"]
     return ViTMemAE(
         image_size=image_size,
         patch_size=enc["patch_size"],
@@ -36,16 +35,24 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         depth=enc["depth"],
         num_heads=enc["num_heads"],
         mlp_ratio=enc["mlp_ratio"],
-        use_memory=use_memory,
+        **_memory_and_ca_kwargs(model_cfg, ablation),
+        decoder_channels=tuple(model_cfg["decoder"]["channels"]),
+    )
+
+
+def _memory_and_ca_kwargs(model_cfg: Mapping[str, Any], ablation: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's switchable parts, shared by the pixel (ViTMemAE) and feature-space (FeatureMemAE) models."""
+    mem, ca = model_cfg["memory"], model_cfg["coord_attention"]
+    return dict(
+        use_memory=bool(ablation["memory"]),
         memory_size=mem["size"],
         memory_temperature=mem["temperature"],
         memory_addressing=mem["addressing"],
         memory_shrink_threshold=mem.get("shrink_threshold"),
         memory_init=mem.get("init", "random"),
-        use_coord_attention=use_ca,
+        use_coord_attention=bool(ablation["coord_attention"]),
         ca_reduction=ca["reduction"],
         ca_residual=bool(ca.get("residual", False)),
-        decoder_channels=tuple(model_cfg["decoder"]["channels"]),
     )
 
 
@@ -67,22 +74,14 @@ def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
 def _build_feature_ae(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
     from .feature_ae import FeatureMemAE  # needs the `pretrained` extra
 
-    backbone, enc, mem, ca = model_cfg["backbone"], model_cfg["encoder"], model_cfg["memory"], model_cfg["coord_attention"]
+    backbone, enc = model_cfg["backbone"], model_cfg["encoder"]
     return FeatureMemAE(
         out_indices=tuple(backbone["out_indices"]),
         local_size=int(backbone["local_size"]),
         equalize_layers=bool(backbone.get("equalize_layers", True)),
         embed_dim=int(enc["embed_dim"]),
         downsample=int(enc["downsample"]),
-        use_memory=bool(ablation["memory"]),
-        memory_size=mem["size"],
-        memory_temperature=mem["temperature"],
-        memory_addressing=mem["addressing"],
-        memory_shrink_threshold=mem.get("shrink_threshold"),
-        memory_init=mem.get("init", "random"),
-        use_coord_attention=bool(ablation["coord_attention"]),
-        ca_reduction=ca["reduction"],
-        ca_residual=bool(ca.get("residual", False)),
+        **_memory_and_ca_kwargs(model_cfg, ablation),
         decoder_channels=tuple(model_cfg["decoder"]["channels"]),
         image_size=image_size,
     )
