@@ -33,12 +33,11 @@ from vitmemad.data.transforms import preprocess
 from vitmemad.models.anomaly_map import anomaly_maps
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils.io import atomic_write_bytes
-from vitmemad.utils.visualize import colorize
+from vitmemad.utils.visualize import render_overlay  # noqa: F401  (predict imports it from here)
 
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = frozenset("*?[")
-OVERLAY_ALPHA = 0.5
 
 
 # ---------------------------------------------------------------- files
@@ -228,13 +227,3 @@ def overlay_scale(image_threshold: float | None, amap: torch.Tensor) -> tuple[fl
     if image_threshold is not None and image_threshold > 0:
         return 0.0, 2.0 * image_threshold
     return float(amap.min()), float(amap.max())
-
-
-def render_overlay(original: np.ndarray, amap: torch.Tensor, vmin: float, vmax: float,
-                   alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """uint8 (H, W, 3) image and float (H, W) map -> uint8 (H, W, 3) jet heatmap blended over it."""
-    if tuple(original.shape[:2]) != tuple(amap.shape):
-        raise ValueError(f"overlay: image {original.shape[:2]} and map {tuple(amap.shape)} differ in size")
-    heat = colorize(amap.detach().float().cpu(), vmin, vmax).astype(np.float32)
-    blended = (1.0 - alpha) * original.astype(np.float32) + alpha * heat
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

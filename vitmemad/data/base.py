@@ -329,7 +329,7 @@ class AnomalyDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
-            drop_last=shuffle and getattr(self, "drop_last", True) and len(dataset) > self.batch_size,
+            drop_last=shuffle and self.drop_last and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # keeps each worker's image cache alive
             pin_memory=self.pin_memory,

@@ -50,7 +50,7 @@ def examples_grid(examples: dict[str, list[torch.Tensor]]) -> Image.Image:
         image = to_uint8_image(examples["image"][r])
         heat = colorize(examples["map"][r], vmin, vmax)
         second = (
-            np.clip(np.rint((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * heat.astype(np.float32)), 0, 255).astype(np.uint8)
+            render_overlay(image, examples["map"][r], vmin, vmax)
             if overlay else to_uint8_image(recons[r])
         )
         tiles = [
@@ -70,3 +70,13 @@ def save_examples(examples: dict[str, list[torch.Tensor]], path: str | Path) -> 
     buffer = io.BytesIO()
     examples_grid(examples).save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def render_overlay(original: np.ndarray, amap: torch.Tensor, vmin: float, vmax: float,
+                   alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """uint8 (H, W, 3) image and float (H, W) map -> uint8 (H, W, 3) jet heatmap blended over it."""
+    if tuple(original.shape[:2]) != tuple(amap.shape):
+        raise ValueError(f"overlay: image {original.shape[:2]} and map {tuple(amap.shape)} differ in size")
+    heat = colorize(amap.detach().float().cpu(), vmin, vmax).astype(np.float32)
+    blended = (1.0 - alpha) * original.astype(np.float32) + alpha * heat
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
