@@ -1,0 +1,122 @@
+"""Choose the anomaly map (source and smoothing sigma) of trained checkpoints on the LABELLED VALIDATION half.
+
+    python experiments/select_map.py CKPT... [--sources l2 ssim both] [--sigmas 0 2 4 8] [--part val]
+                                             [--fraction 0.5] [--split-seed 0] [--out FILE.json]
+
+The map settings change nothing in training, so they are chosen after it, on labelled data that is not the
+test set: the test images are split by ``vitmemad.data.labelled_split.stratified_split`` (the same seeded,
+stratified halves as ``data.labelled_val_fraction``), every setting is scored on ``--part val``, and the
+held-out ``--part test`` half is only read once the choice is made (README "Results: real data").
+The reconstruction is computed once per image; each setting then only smooths and scores it.
+
+Prints one JSON object per checkpoint and setting (image_AUROC, pixel_AUROC, PRO on the chosen part) and the
+setting with the best mean rank over the three metrics; ``--out`` also writes them as a JSON list.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vitmemad import pipeline  # noqa: E402
+from vitmemad.data.labelled_split import stratified_split  # noqa: E402
+from vitmemad.inference import load_module  # noqa: E402
+from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
+from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps  # noqa: E402
+from vitmemad.models.lightning_module import AnomalyModule  # noqa: E402
+from vitmemad.models.loss import ssim_map  # noqa: E402
+
+METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
+
+
+def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
+    """The chosen part of the test set (a list of dataset items), from the checkpoint's own data config."""
+    data_cfg = {k: v for k, v in cfg["data"].items() if k not in ("labelled_val_fraction", "labelled_val_seed")}
+    datamodule = pipeline.build_datamodule(data_cfg)
+    datamodule.setup("test")
+    dataset = datamodule.test_dataset
+    if part == "all":
+        return [dataset[i] for i in range(len(dataset))]
+    val_idx, test_idx = stratified_split(dataset.samples, fraction, split_seed)
+    return [dataset[i] for i in (val_idx if part == "val" else test_idx)]
+
+
+@torch.no_grad()
+def raw_errors(module: AnomalyModule, items: list, ssim_window: int) -> dict[str, list[torch.Tensor]]:
+    """Unsmoothed per-pixel L2 and 1 - SSIM maps (S, S) of every item, at the model's resolution."""
+    errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
+    for item in items:
+        image = item["image"][None].float()
+        recon = module.model(image)["reconstruction"].float()
+        errors["l2"].append(((image - recon) ** 2).mean(dim=1)[0])
+        errors["ssim"].append((1.0 - ssim_map(image, recon, ssim_window)).mean(dim=1)[0])
+    return errors
+
+
+def score_setting(errors: dict, items: list, source: str, sigma: float) -> dict[str, float]:
+    smoother = AnomalyMapGenerator(source="l2", sigma=sigma)
+    image_auroc, pixel_auroc = ImageAUROC(), PixelAUROC()
+    maps, masks, scores, labels = [], [], [], []
+    for i, item in enumerate(items):
+        raw = sum(errors[s][i] for s in (("l2", "ssim") if source == "both" else (source,)))
+        mask = item["mask"]
+        full = resize_maps(smoother.smooth(raw[None]), tuple(mask.shape[-2:]))
+        maps.append(full[0])
+        masks.append(mask)
+        scores.append(full.amax())
+        labels.append(int(item["label"]))
+    image_auroc.update(torch.stack(scores)[:, None, None], torch.tensor(labels)[:, None, None])
+    pixel_auroc.update(torch.stack(maps), torch.stack(masks))
+    return {"image_AUROC": float(image_auroc.compute()), "pixel_AUROC": float(pixel_auroc.compute()),
+            "PRO": float(pro_score(torch.stack(maps), torch.stack(masks)))}
+
+
+def best_by_mean_rank(rows: list[dict]) -> dict:
+    """The row with the best (lowest) mean rank over the three metrics; ties go to the first listed."""
+    ranks = [0.0] * len(rows)
+    for metric in METRICS:
+        order = sorted(range(len(rows)), key=lambda i: -rows[i][metric])
+        for rank, i in enumerate(order):
+            ranks[i] += rank / len(METRICS)
+    return rows[min(range(len(rows)), key=lambda i: ranks[i])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpts", nargs="+")
+    parser.add_argument("--sources", nargs="+", default=["l2", "ssim", "both"], choices=["l2", "ssim", "both"])
+    parser.add_argument("--sigmas", nargs="+", type=float, default=[0.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--part", choices=["val", "test", "all"], default="val")
+    parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    rows = []
+    for path in args.ckpts:
+        module = load_module(path)
+        cfg = module.cfg
+        if not hasattr(module.model, "decoder"):
+            parser.error(f"{path}: not a reconstruction model (its anomaly map has no source to choose)")
+        items = test_part(cfg, args.part, args.fraction, args.split_seed)
+        errors = raw_errors(module, items, int(cfg.get("anomaly_map", {}).get("ssim_window", 11)))
+        ckpt_rows = []
+        for source in args.sources:
+            for sigma in args.sigmas:
+                row = {"ckpt": path, "part": args.part, "source": source, "sigma": sigma,
+                       **score_setting(errors, items, source, sigma)}
+                print(json.dumps(row), flush=True)
+                ckpt_rows.append(row)
+        print(json.dumps({"ckpt": path, "best_mean_rank": best_by_mean_rank(ckpt_rows)}), flush=True)
+        rows += ckpt_rows
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

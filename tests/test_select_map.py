@@ -1,0 +1,54 @@
+"""experiments/select_map.py: anomaly-map settings scored on the labelled validation half of the test set.
+
+Its scoring must be the pipeline's: on the whole test set, the l2 map at the run's sigma gives exactly the
+figures that training wrote to metrics.json."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
+import select_map  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train")
+    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", "anomaly_map.sigma=4",
+               f"hydra.run.dir={run_dir}")
+    return read_metrics(run_dir)
+
+
+def _rows(capsys, *args: str) -> list[dict]:
+    assert select_map.main(list(args)) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_whole_test_set_l2_reproduces_the_pipeline_metrics(run, capsys):
+    rows = _rows(capsys, run["ckpt_path"], "--part", "all", "--sources", "l2", "--sigmas", "4")
+    row = rows[0]
+    assert (row["source"], row["sigma"]) == ("l2", 4.0)
+    for key in select_map.METRICS:
+        assert row[key] == pytest.approx(run[key], abs=1e-6), key
+
+
+def test_validation_half_grid_and_choice(run, capsys, tmp_path):
+    out = tmp_path / "grid.json"
+    rows = _rows(capsys, run["ckpt_path"], "--sources", "l2", "ssim", "both", "--sigmas", "0", "8", "--out", str(out))
+    grid, choice = rows[:-1], rows[-1]["best_mean_rank"]
+    assert [(r["source"], r["sigma"]) for r in grid] == [(s, g) for s in ("l2", "ssim", "both") for g in (0.0, 8.0)]
+    assert all(r["part"] == "val" and 0.0 <= r[k] <= 1.0 for r in grid for k in select_map.METRICS)
+    assert choice in grid and json.loads(out.read_text()) == grid
+    # smoothing changes the scores: the grid is not one number repeated
+    assert len({round(r["pixel_AUROC"], 9) for r in grid}) > 1
+
+
+def test_mean_rank_prefers_the_row_that_wins_most_metrics():
+    rows = [{"image_AUROC": 0.9, "pixel_AUROC": 0.8, "PRO": 0.7},
+            {"image_AUROC": 0.95, "pixel_AUROC": 0.85, "PRO": 0.6},
+            {"image_AUROC": 0.5, "pixel_AUROC": 0.9, "PRO": 0.5}]
+    assert select_map.best_by_mean_rank(rows) is rows[1]
