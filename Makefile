@@ -6,7 +6,7 @@ STAMP := $(VENV)/.vitmemad-installed
 # The CUDA build on local disk (no download); timm needs the matching torchvision.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench real-ablation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test-all: install  ## everything, slow tests included
 
 bench: install  ## benchmarks -> bench/results.json
 	$(PY) experiments/bench.py
+
+# Issue #5's table on a real category: experiment=cpu_real, Base / +M / +CA / +M+CA and the CAE, 3 seeds each,
+# then report.py. About 2.5 h on 2 cores for bottle (15 runs of 7-14 min); README "Results: real data".
+MVTEC_ROOT ?= ../shared/data/mvtec
+CATEGORY ?= bottle
+REAL_OUT ?= outputs/real/$(CATEGORY)
+REAL_ARGS = experiment=cpu_real data=mvtec data.root=$(MVTEC_ROOT) data.category=$(CATEGORY) seed=0,1,2
+real-ablation: install
+	$(PY) -m vitmemad.train -m $(REAL_ARGS) ablation=base,m,ca,m_ca hydra.sweep.dir=$(REAL_OUT)/vitmemad
+	$(PY) -m vitmemad.train -m $(REAL_ARGS) model=cae hydra.sweep.dir=$(REAL_OUT)/cae
+	$(PY) experiments/report.py $(REAL_OUT)
 
 clean:
 	rm -rf outputs multirun bench .pytest_cache

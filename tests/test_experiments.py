@@ -150,3 +150,20 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
     # the paper's Table 6 I-AUROC column (82.2, 85.7, 84.5, 91.2) is printed beside the measured values
     assert [r.split("|")[5].strip() for r in rows] == ["82.2", "85.7", "84.5", "91.2"]
     assert len((sweep / "results.csv").read_text().strip().splitlines()) == 5
+
+
+@pytest.mark.parametrize("model", ["vitmemad_real", "cae"])
+def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(model):
+    """Issue #5: `experiment=cpu_real model=cae` trains as many epochs, with the same batch and anomaly map."""
+    overrides = ["experiment=cpu_real"] + (["model=cae"] if model == "cae" else [])
+    cfg = compose_cfg(*overrides)
+    assert cfg.hydra.runtime.choices.model == model
+    assert (cfg.model.epochs, cfg.model.batch_size, cfg.data.batch_size) == (90, 8, 8)
+    assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 8.0)
+    assert cfg.data.augment is True and cfg.trainer.accelerator == "cpu"
+    if model == "vitmemad_real":  # the CPU preset with memory items scaled to the 8 x 8 token positions
+        base = compose_cfg()
+        assert cfg.model.memory.size == 400 and base.model.memory.size == 100
+        assert cfg.model.encoder == base.model.encoder and cfg.model.image_size == base.model.image_size == 128
+    else:
+        assert "memory" not in cfg.model

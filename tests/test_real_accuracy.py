@@ -1,6 +1,6 @@
 """Accuracy on real data (issue #5): the CPU preset for real categories learns MVTec AD bottle.
 
-Slow (about 2 minutes on 2 cores) and needs ../shared/data; `make test-all` or `pytest -m slow` runs it.
+Slow (about 3 minutes on 2 cores: 20 of the preset's 90 epochs) and needs ../shared/data; `make test-all` or `pytest -m slow` runs it.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 def test_cpu_real_preset_detects_bottle_defects(tmp_path, mvtec_root):
     run_dir = tmp_path / "bottle"
-    # the experiment=cpu_real preset, shortened to 20 epochs so that it fits a test (128 px stated for clarity)
+    # the experiment=cpu_real preset (batch 8, 400 memory items, L2 + SSIM map), shortened to 20 epochs
     run_module(
         "vitmemad.train", "experiment=cpu_real", "data=mvtec", f"data.root={mvtec_root}", "data.category=bottle",
         "model.image_size=128", "model.epochs=20", f"hydra.run.dir={run_dir}", timeout=1200,
