@@ -27,7 +27,7 @@ from vitmemad import pipeline  # noqa: E402
 from vitmemad.data.labelled_split import stratified_split  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
-from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps  # noqa: E402
+from vitmemad.models.anomaly_map import SOURCES, AnomalyMapGenerator, resize_maps  # noqa: E402
 from vitmemad.models.lightning_module import AnomalyModule  # noqa: E402
 from vitmemad.models.loss import ssim_map  # noqa: E402
 
@@ -59,7 +59,7 @@ def raw_errors(module: AnomalyModule, items: list, ssim_window: int) -> dict[str
 
 
 def score_setting(errors: dict, items: list, source: str, sigma: float) -> dict[str, float]:
-    smoother = AnomalyMapGenerator(source="l2", sigma=sigma)
+    smoother = AnomalyMapGenerator(sigma=sigma)  # only its smoothing is used; the sum of sources is done here
     image_auroc, pixel_auroc = ImageAUROC(), PixelAUROC()
     maps, masks, scores, labels = [], [], [], []
     for i, item in enumerate(items):
@@ -89,7 +89,7 @@ def best_by_mean_rank(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpts", nargs="+")
-    parser.add_argument("--sources", nargs="+", default=["l2", "ssim", "both"], choices=["l2", "ssim", "both"])
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     parser.add_argument("--sigmas", nargs="+", type=float, default=[0.0, 2.0, 4.0, 8.0])
     parser.add_argument("--part", choices=["val", "test", "all"], default="val")
     parser.add_argument("--fraction", type=float, default=0.5)
