@@ -29,7 +29,6 @@ from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import SOURCES, AnomalyMapGenerator, resize_maps  # noqa: E402
 from vitmemad.models.lightning_module import AnomalyModule  # noqa: E402
-from vitmemad.models.loss import ssim_map  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 
@@ -48,13 +47,15 @@ def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
 
 @torch.no_grad()
 def raw_errors(module: AnomalyModule, items: list, ssim_window: int) -> dict[str, list[torch.Tensor]]:
-    """Unsmoothed per-pixel L2 and 1 - SSIM maps (S, S) of every item, at the model's resolution."""
-    errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
+    """Unsmoothed per-pixel L2 and 1 - SSIM maps (S, S) of every item, at the model's resolution: the
+    pipeline's own map generator at sigma 0, one per source."""
+    generators = {s: AnomalyMapGenerator(source=s, sigma=0.0, ssim_window=ssim_window) for s in ("l2", "ssim")}
+    errors: dict[str, list[torch.Tensor]] = {s: [] for s in generators}
     for item in items:
         image = item["image"][None].float()
-        recon = module.model(image)["reconstruction"].float()
-        errors["l2"].append(((image - recon) ** 2).mean(dim=1)[0])
-        errors["ssim"].append((1.0 - ssim_map(image, recon, ssim_window)).mean(dim=1)[0])
+        recon = module.model(image)["reconstruction"]
+        for source, generator in generators.items():
+            errors[source].append(generator(image, recon)[0])
     return errors
 
 
