@@ -56,14 +56,22 @@ def _memory_and_ca_kwargs(model_cfg: Mapping[str, Any], ablation: Mapping[str, A
     )
 
 
-def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
-    from .patchcore import PatchCore  # needs the `pretrained` extra
-
-    backbone, coreset = model_cfg["backbone"], model_cfg["coreset"]
-    return PatchCore(
+def _backbone_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The pretrained feature extractor's settings, shared by PatchCore and FeatureMemAE."""
+    backbone = model_cfg["backbone"]
+    return dict(
         out_indices=tuple(backbone["out_indices"]),
         local_size=int(backbone["local_size"]),
         equalize_layers=bool(backbone.get("equalize_layers", True)),
+    )
+
+
+def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
+    from .patchcore import PatchCore  # needs the `pretrained` extra
+
+    coreset = model_cfg["coreset"]
+    return PatchCore(
+        **_backbone_kwargs(model_cfg),
         coreset_ratio=float(coreset["ratio"]),
         projection_dim=coreset.get("projection_dim"),
         max_bank=coreset.get("max_bank"),
@@ -74,11 +82,9 @@ def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
 def _build_feature_ae(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
     from .feature_ae import FeatureMemAE  # needs the `pretrained` extra
 
-    backbone, enc = model_cfg["backbone"], model_cfg["encoder"]
+    enc = model_cfg["encoder"]
     return FeatureMemAE(
-        out_indices=tuple(backbone["out_indices"]),
-        local_size=int(backbone["local_size"]),
-        equalize_layers=bool(backbone.get("equalize_layers", True)),
+        **_backbone_kwargs(model_cfg),
         embed_dim=int(enc["embed_dim"]),
         downsample=int(enc["downsample"]),
         **_memory_and_ca_kwargs(model_cfg, ablation),
