@@ -108,6 +108,23 @@ def test_decoder_upsamples_16x_into_tanh_range():
     assert y.min() >= -1 and y.max() <= 1
 
 
+def test_smaller_patch_keeps_six_layers_and_upsamples_by_the_patch():
+    # Patch 8: three x2 layers (kernel 4, stride 2), then three that keep the size.
+    dec = TransposedConvDecoder(64, (32, 16, 16, 8, 8), patch_size=8)
+    strides = [m.stride[0] for m in dec.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert strides == [2, 2, 2, 1, 1, 1]
+    model = ViTMemAE(**SMALL, patch_size=8, memory_size=10)
+    assert model.encoder.grid == 8
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["reconstruction"].shape == (2, 3, 64, 64) and out["memory_weights"].shape == (2, 64, 10)
+
+
+@pytest.mark.parametrize("patch_size", [12, 1, 128])
+def test_patch_size_that_the_decoder_cannot_undo_is_refused(patch_size):
+    with pytest.raises(ValueError, match="model.encoder.patch_size must be a power of two"):
+        ViTMemAE(**{**SMALL, "image_size": 384}, patch_size=patch_size)
+
+
 @pytest.mark.parametrize("memory,ca", [(False, False), (True, False), (False, True), (True, True)])
 def test_ablation_variants(memory, ca):
     model = ViTMemAE(**SMALL, use_memory=memory, use_coord_attention=ca, memory_size=10)

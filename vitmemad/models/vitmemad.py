@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .coord_attention import CoordinateAttention
-from .decoder import TransposedConvDecoder
+from .decoder import TransposedConvDecoder, num_upsampling
 from .encoder import ViTEncoder
 from .memory import MemoryModule
 
@@ -37,9 +37,7 @@ class ViTMemAE(nn.Module):
         decoder_channels: Sequence[int] = (512, 256, 128, 64, 32),
     ) -> None:
         super().__init__()
-        if patch_size != 16:
-            # The decoder's four x2 layers undo exactly a 16x16 patch embedding.
-            raise ValueError(f"patch_size must be 16 (the decoder upsamples by 2^4), got {patch_size}")
+        num_upsampling(patch_size)  # the decoder's x2 layers must undo the patch embedding exactly
         self.encoder = ViTEncoder(image_size, patch_size, 3, embed_dim, depth, num_heads, mlp_ratio)
         self.memory = (
             MemoryModule(
@@ -49,7 +47,7 @@ class ViTMemAE(nn.Module):
             else None
         )
         self.coord_attention = CoordinateAttention(embed_dim, ca_reduction, residual=ca_residual) if use_coord_attention else None
-        self.decoder = TransposedConvDecoder(embed_dim, decoder_channels, 3)
+        self.decoder = TransposedConvDecoder(embed_dim, decoder_channels, 3, patch_size)
         # True during a memory warm-up: encoder features go straight to CA/decoder (see lightning_module).
         self.bypass_memory = False
 
