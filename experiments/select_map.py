@@ -27,7 +27,7 @@ from vitmemad import pipeline  # noqa: E402
 from vitmemad.data.labelled_split import stratified_split  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
-from vitmemad.models.anomaly_map import SOURCES, AnomalyMapGenerator, resize_maps  # noqa: E402
+from vitmemad.models.anomaly_map import SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps  # noqa: E402
 from vitmemad.models.lightning_module import AnomalyModule  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
@@ -48,23 +48,22 @@ def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
 @torch.no_grad()
 def raw_errors(module: AnomalyModule, items: list, ssim_window: int) -> dict[str, list[torch.Tensor]]:
     """Unsmoothed per-pixel L2 and 1 - SSIM maps (S, S) of every item, at the model's resolution: the
-    pipeline's own map generator at sigma 0, one per source."""
-    generators = {s: AnomalyMapGenerator(source=s, sigma=0.0, ssim_window=ssim_window) for s in ("l2", "ssim")}
-    errors: dict[str, list[torch.Tensor]] = {s: [] for s in generators}
+    pipeline's own error terms (``anomaly_map.error_term``), one list per term."""
+    errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
     for item in items:
         image = item["image"][None].float()
-        recon = module.model(image)["reconstruction"]
-        for source, generator in generators.items():
-            errors[source].append(generator(image, recon)[0])
+        recon = module.model(image)["reconstruction"].float()
+        for term, maps in errors.items():
+            maps.append(error_term(term, image, recon, ssim_window)[0])
     return errors
 
 
 def score_setting(errors: dict, items: list, source: str, sigma: float) -> dict[str, float]:
-    smoother = AnomalyMapGenerator(sigma=sigma)  # only its smoothing is used; the sum of sources is done here
+    smoother = AnomalyMapGenerator(sigma=sigma)  # only its smoothing is used; the terms are cached per item
     image_auroc, pixel_auroc = ImageAUROC(), PixelAUROC()
     maps, masks, scores, labels = [], [], [], []
     for i, item in enumerate(items):
-        raw = sum(errors[s][i] for s in (("l2", "ssim") if source == "both" else (source,)))
+        raw = sum(errors[term][i] for term in SOURCE_TERMS[source])
         mask = item["mask"]
         full = resize_maps(smoother.smooth(raw[None]), tuple(mask.shape[-2:]))
         maps.append(full[0])

@@ -17,7 +17,16 @@ from torch import nn
 
 from .loss import ssim_map
 
-SOURCES = ("l2", "ssim", "both")
+# The per-pixel error terms each source adds up; "both" is their sum.
+SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim")}
+SOURCES = tuple(SOURCE_TERMS)
+
+
+def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_window: int = 11) -> torch.Tensor:
+    """One unsmoothed (B, H, W) error term of float32 images: squared error or 1 - SSIM, averaged over channels."""
+    if term == "l2":
+        return ((x - reconstruction) ** 2).mean(dim=1)
+    return (1.0 - ssim_map(x, reconstruction, ssim_window)).mean(dim=1)
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -35,10 +44,8 @@ class AnomalyMapGenerator(nn.Module):
         """(B, 3, H, W) images -> (B, H, W) float32 anomaly map at the model's resolution."""
         x, reconstruction = x.float(), reconstruction.float()
         maps = torch.zeros_like(x[:, 0])
-        if self.source in ("l2", "both"):
-            maps = maps + ((x - reconstruction) ** 2).mean(dim=1)
-        if self.source in ("ssim", "both"):
-            maps = maps + (1.0 - ssim_map(x, reconstruction, self.ssim_window)).mean(dim=1)
+        for term in SOURCE_TERMS[self.source]:
+            maps = maps + error_term(term, x, reconstruction, self.ssim_window)
         return self.smooth(maps)
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
