@@ -19,10 +19,12 @@ PAPER_PATCH_SIZE = 16
 
 
 def num_upsampling(patch_size: int) -> int:
-    """x2 layers that undo a patch embedding of ``patch_size`` (a power of two, 2 to 64)."""
+    """x2 layers that undo a patch embedding of ``patch_size`` (a power of two, 2 to 2^NUM_LAYERS)."""
     steps = patch_size.bit_length() - 1
     if patch_size < 2 or patch_size != 1 << steps or steps > NUM_LAYERS:
-        raise ValueError(f"model.encoder.patch_size must be a power of two from 2 to 64, got {patch_size}")
+        raise ValueError(
+            f"model.encoder.patch_size must be a power of two from 2 to {1 << NUM_LAYERS}, got {patch_size}"
+        )
     return steps
 
 
