@@ -229,3 +229,31 @@ def test_residual_coordinate_attention_keeps_an_identity_path():
     x = torch.rand(2, 16, 5, 7) + 0.1
     torch.testing.assert_close(residual(x), x + gated(x))
     assert (residual(x) > x).all() and (residual(x) < 2 * x).all()
+
+
+def test_patch_swap_pastes_batch_content_into_bounded_rectangles():
+    from vitmemad.models.corruption import PatchSwap
+
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 32, 32).contiguous()  # image i is constant i
+    original = images.clone()
+    torch.manual_seed(0)
+    out = PatchSwap(probability=1.0, max_patches=2, min_size=0.25, max_size=0.25)(images)
+    assert torch.equal(images, original)  # the clean batch stays intact for the loss
+    changed = (out != images).any(dim=1)
+    assert set(out.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}  # only content cut from the batch
+    assert (changed.flatten(1).sum(1) <= 2 * 8 * 8).all()  # at most two 8 x 8 rectangles per image
+    assert changed.any()
+    assert torch.equal(PatchSwap(probability=0.0)(images), images)
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [({"mode": "cutout"}, "corruption.mode"), ({"mode": "patch_swap", "probability": 2.0}, "corruption.probability"),
+     ({"mode": "patch_swap", "min_size": 0.5, "max_size": 0.2}, "min_size")],
+)
+def test_bad_corruption_settings_name_the_key(cfg, key):
+    from vitmemad.models.corruption import build_corruption
+
+    with pytest.raises(ValueError, match=key):
+        build_corruption(cfg)
+    assert build_corruption({"mode": "none"}) is None and build_corruption(None) is None

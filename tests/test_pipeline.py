@@ -76,6 +76,25 @@ def test_one_batch_training_step_reduces_the_loss():
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
+def test_corrupted_training_rebuilds_the_clean_image():
+    """corruption=patch_swap: the model sees the corrupted batch, the loss compares with the clean one."""
+    cfg = compose_train(*TINY_DEMO, "corruption=patch_swap", "corruption.probability=1.0")
+    torch.manual_seed(0)
+    module = AnomalyModule(cfg)
+    dm = DemoDataModule(**{k: v for k, v in cfg["data"].items() if k not in ("_target_", *DATA_CONFIG_ONLY)})
+    dm.setup("fit")
+    batch = collate([dm.train_dataset[i] for i in range(4)])
+    clean = batch["image"].clone()
+    seen = []
+    module.model.register_forward_hook(lambda mod, args, out: seen.append((args[0].detach(), out)))
+    loss = module.training_step(batch, 0)
+    inputs, out = seen[-1]
+    assert torch.equal(batch["image"], clean) and not torch.equal(inputs, clean)
+    expected = module.criterion(clean, out["reconstruction"], out["memory_weights"])["loss"]
+    assert torch.allclose(loss, expected)
+    assert compose_train(*TINY_DEMO)["corruption"]["mode"] == "none"  # off unless asked for
+
+
 def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
     schedule = WarmupCosine(warmup_steps=4, total_steps=20, cosine=True, final=0.01)
     factors = [schedule(step) for step in range(21)]

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps, resize_maps
+from .corruption import build_corruption
 from .factory import build_model, has_ablation
 from .loss import ReconstructionLoss
 from .memory_stats import MemoryUsageHook
@@ -38,6 +39,7 @@ class AnomalyModule(L.LightningModule):
         self.model = build_model(model_cfg, int(cfg["data"]["image_size"]), cfg.get("ablation"))
         self.uses_ablation = has_ablation(model_cfg)
         self.criterion = ReconstructionLoss(**cfg["loss"])
+        self.corruption = build_corruption(cfg.get("corruption"))  # training inputs only
         self.anomaly_map = AnomalyMapGenerator(**cfg["anomaly_map"])
         fpr_limit = float(cfg.get("metrics", {}).get("pro_fpr_limit", 0.3))
         self.image_auroc = ImageAUROC()
@@ -58,8 +60,11 @@ class AnomalyModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
         return self.model(images)
 
-    def _loss(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
-        out = self.model(images)
+    def _loss(
+        self, images: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+        """Loss of rebuilding ``images`` from ``inputs`` (default: the images themselves)."""
+        out = self.model(images if inputs is None else inputs)
         if out.get("feature_error") is not None:  # feature-space models: their own per-position error
             return self.criterion.feature_terms(out["feature_error"], out["memory_weights"]), out
         return self.criterion(images, out["reconstruction"], out["memory_weights"]), out
@@ -146,7 +151,8 @@ class AnomalyModule(L.LightningModule):
         if self.fits_without_gradients:  # PatchCore: collect patch features, no optimisation step
             self.model.collect(batch["image"])
             return None
-        terms, _ = self._loss(batch["image"])
+        images = batch["image"]
+        terms, _ = self._loss(images, self.corruption(images) if self.corruption is not None else None)
         if not torch.isfinite(terms["loss"]):
             raise FloatingPointError(
                 f"training loss is {terms['loss'].item()} at epoch {self.current_epoch}, "
