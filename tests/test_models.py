@@ -257,3 +257,40 @@ def test_bad_corruption_settings_name_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):
         build_corruption(cfg)
     assert build_corruption({"mode": "none"}) is None and build_corruption(None) is None
+
+
+def test_position_aware_memory_prefers_the_items_of_the_querys_place():
+    from vitmemad.models.memory import gaussian_position_codes
+
+    big = gaussian_position_codes((8, 8), sigma=1.0)
+    centre = big[3 * 8 + 3] @ big.t()  # away from the border: exp(-d^2 / (4 sigma^2))
+    assert abs(centre[3 * 8 + 4] - math.exp(-1 / 4)) < 1e-3 and abs(centre[5 * 8 + 3] - math.exp(-1)) < 1e-3
+    codes = gaussian_position_codes((4, 4), sigma=1.0)
+    assert (codes @ codes.t())[0, 15] < 0.02
+    torch.manual_seed(0)
+    mem = MemoryModule(2, 8, temperature=0.1, position_weight=1.0, grid=(4, 4))
+    queries = torch.randn(1, 16, 8)
+    queries[0, 15] = queries[0, 0]  # the same content at opposite corners
+    with torch.no_grad():  # two items with the same content, placed at positions 0 and 15
+        mem.items.copy_(queries[0, [0, 0]])
+        mem.item_positions.copy_(codes[[0, 15]])
+    weights = mem.address(queries)
+    assert weights[0, 0, 0] > 0.99 and weights[0, 15, 1] > 0.99  # same content: each place picks its own item
+    plain = MemoryModule(2, 8, temperature=0.1)
+    with torch.no_grad():
+        plain.items.copy_(mem.items)
+    assert torch.allclose(plain.address(queries)[0, 0], plain.address(queries)[0, 15])  # content alone cannot tell
+    with pytest.raises(ValueError, match="token positions"):
+        mem.address(torch.randn(1, 9, 8))
+    with pytest.raises(ValueError, match="position_weight"):
+        MemoryModule(2, 8, position_weight=1.0)
+
+
+def test_position_aware_items_start_at_the_place_of_their_query():
+    model = ViTMemAE(**SMALL, memory_size=6, memory_init="features", memory_position_weight=1.0)
+    grid = model.encoder.grid
+    model.initialize_memory(torch.randn(2, 3, 64, 64), torch.Generator().manual_seed(1))
+    codes = model.memory.position_codes
+    # every item's position code is one of the grid's codes (the place its query came from)
+    match = (model.memory.item_positions @ codes.t()).amax(dim=1)
+    assert torch.allclose(match, torch.ones(6), atol=1e-5) and codes.shape == (grid * grid, grid * grid)

@@ -36,6 +36,8 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         num_heads=enc["num_heads"],
         mlp_ratio=enc["mlp_ratio"],
         **_memory_and_ca_kwargs(model_cfg, ablation),
+        memory_position_weight=float(model_cfg["memory"].get("position_weight", 0.0) or 0.0),
+        memory_position_sigma=float(model_cfg["memory"].get("position_sigma", 1.0)),
         decoder_channels=tuple(model_cfg["decoder"]["channels"]),
     )
 
@@ -82,6 +84,8 @@ def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
 def _build_feature_ae(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
     from .feature_ae import FeatureMemAE  # needs the `pretrained` extra
 
+    if float(model_cfg["memory"].get("position_weight", 0.0) or 0.0) > 0:
+        raise ValueError("model.memory.position_weight > 0 is only available for model kind 'vitmemad'")
     enc = model_cfg["encoder"]
     return FeatureMemAE(
         **_backbone_kwargs(model_cfg),

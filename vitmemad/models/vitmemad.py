@@ -31,6 +31,8 @@ class ViTMemAE(nn.Module):
         memory_addressing: str = "cosine",
         memory_shrink_threshold: float | None = None,
         memory_init: str = "random",
+        memory_position_weight: float = 0.0,
+        memory_position_sigma: float = 1.0,
         use_coord_attention: bool = True,
         ca_reduction: int = 32,
         ca_residual: bool = False,
@@ -41,7 +43,8 @@ class ViTMemAE(nn.Module):
         self.encoder = ViTEncoder(image_size, patch_size, 3, embed_dim, depth, num_heads, mlp_ratio)
         self.memory = (
             MemoryModule(
-                memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold, init=memory_init
+                memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold, init=memory_init,
+                position_weight=memory_position_weight, grid=(self.encoder.grid, self.encoder.grid), position_sigma=memory_position_sigma,
             )
             if use_memory
             else None
