@@ -154,15 +154,17 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
 
 @pytest.mark.parametrize("model", ["vitmemad_real", "cae"])
 def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(model):
-    """Issue #5: `experiment=cpu_real model=cae` trains with the same schedule (epochs, batch, warm-up) and map."""
+    """Issue #5: `experiment=cpu_real model=cae` trains with the same schedule (epochs, batch, warm-up), input
+    corruption and map."""
     overrides = ["experiment=cpu_real"] + (["model=cae"] if model == "cae" else [])
     cfg = compose_cfg(*overrides)
     assert cfg.hydra.runtime.choices.model == model
     assert (cfg.model.epochs, cfg.model.batch_size, cfg.data.batch_size) == (90, 8, 8)
     assert (cfg.model.optimizer.warmup_epochs, cfg.model.optimizer.scheduler) == (5, "cosine")
     assert cfg.model.optimizer.lr == (2e-3 if model == "vitmemad_real" else 1e-3)  # each model's best on validation
-    assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 8.0)
+    assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 6.0)
     assert cfg.data.augment is True and cfg.trainer.accelerator == "cpu"
+    assert (cfg.corruption.mode, cfg.corruption.probability) == ("patch_swap", 0.5)  # the same denoising objective
     if model == "vitmemad_real":  # the CPU preset, deeper, with memory items scaled to the 8 x 8 token positions
         base = compose_cfg()
         assert cfg.model.memory.size == 400 and base.model.memory.size == 100
