@@ -54,7 +54,6 @@ def build_corruption(cfg: dict | None) -> PatchSwap | None:
     """The ``corruption`` config node (``mode`` plus the mode's settings), or None for no corruption."""
     if not cfg or cfg.get("mode", "none") == "none":
         return None
-    settings = {k: v for k, v in cfg.items() if k != "mode"}
     if cfg["mode"] != "patch_swap":
         raise ValueError(f"corruption.mode must be one of {MODES}, got {cfg['mode']!r}")
-    return PatchSwap(**settings)
+    return PatchSwap(**{k: v for k, v in cfg.items() if k != "mode"})

@@ -36,10 +36,15 @@ def build_model(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping
         num_heads=enc["num_heads"],
         mlp_ratio=enc["mlp_ratio"],
         **_memory_and_ca_kwargs(model_cfg, ablation),
-        memory_position_weight=float(model_cfg["memory"].get("position_weight", 0.0) or 0.0),
+        memory_position_weight=_position_weight(model_cfg),
         memory_position_sigma=float(model_cfg["memory"].get("position_sigma", 1.0)),
         decoder_channels=tuple(model_cfg["decoder"]["channels"]),
     )
+
+
+def _position_weight(model_cfg: Mapping[str, Any]) -> float:
+    """``model.memory.position_weight`` (absent in configs older than the option: 0, the paper's addressing)."""
+    return float(model_cfg["memory"].get("position_weight", 0.0) or 0.0)
 
 
 def _memory_and_ca_kwargs(model_cfg: Mapping[str, Any], ablation: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def _build_patchcore(model_cfg: Mapping[str, Any]) -> nn.Module:
 def _build_feature_ae(model_cfg: Mapping[str, Any], image_size: int, ablation: Mapping[str, Any]) -> nn.Module:
     from .feature_ae import FeatureMemAE  # needs the `pretrained` extra
 
-    if float(model_cfg["memory"].get("position_weight", 0.0) or 0.0) > 0:
+    if _position_weight(model_cfg) > 0:
         raise ValueError("model.memory.position_weight > 0 is only available for model kind 'vitmemad'")
     enc = model_cfg["encoder"]
     return FeatureMemAE(

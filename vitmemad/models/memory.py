@@ -108,8 +108,12 @@ class MemoryModule(nn.Module):
             idx = torch.randint(n, (self.num_items,), generator=generator, device="cpu")
         self.items.copy_(flat[idx.to(flat.device)])
         if self.position_weight > 0:  # each item starts at the position its query came from
-            self.item_positions.copy_(self.position_codes[idx.to(flat.device) % self.position_codes.shape[0]])
+            self.item_positions.copy_(self._code_of_query(idx.to(flat.device)))
         self.initialized.fill_(True)
+
+    def _code_of_query(self, flat_index: torch.Tensor) -> torch.Tensor:
+        """Position codes of queries picked by their index into (B, HW, C) queries flattened to (B*HW, C)."""
+        return self.position_codes[flat_index % self.position_codes.shape[0]]
 
     def address(self, queries: torch.Tensor) -> torch.Tensor:
         """Softmax addressing weights (..., N) for queries (..., C), before shrinkage."""
@@ -158,7 +162,7 @@ class MemoryModule(nn.Module):
         idx = torch.randint(flat.shape[0], (dead.numel(),), generator=generator, device="cpu").to(flat.device)
         self.items[dead] = flat[idx]
         if self.position_weight > 0:
-            self.item_positions[dead] = self.position_codes[idx % self.position_codes.shape[0]]
+            self.item_positions[dead] = self._code_of_query(idx)
         self.usage[dead] = 1.0 / self.num_items
         return int(dead.numel())
 

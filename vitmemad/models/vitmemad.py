@@ -44,7 +44,8 @@ class ViTMemAE(nn.Module):
         self.memory = (
             MemoryModule(
                 memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold, init=memory_init,
-                position_weight=memory_position_weight, grid=(self.encoder.grid, self.encoder.grid), position_sigma=memory_position_sigma,
+                position_weight=memory_position_weight, grid=(self.encoder.grid, self.encoder.grid),
+                position_sigma=memory_position_sigma,
             )
             if use_memory
             else None
