@@ -159,7 +159,7 @@ def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(model):
     overrides = ["experiment=cpu_real"] + (["model=cae"] if model == "cae" else [])
     cfg = compose_cfg(*overrides)
     assert cfg.hydra.runtime.choices.model == model
-    assert (cfg.model.epochs, cfg.model.batch_size, cfg.data.batch_size) == (90, 8, 8)
+    assert (cfg.model.epochs, cfg.model.batch_size, cfg.data.batch_size) == (150, 8, 8)
     assert (cfg.model.optimizer.warmup_epochs, cfg.model.optimizer.scheduler) == (5, "cosine")
     assert cfg.model.optimizer.lr == (2e-3 if model == "vitmemad_real" else 1e-3)  # each model's best on validation
     assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 6.0)
