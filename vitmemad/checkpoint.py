@@ -5,6 +5,8 @@ export need nothing but its path.
 """
 from __future__ import annotations
 
+from vitmemad.errors import VitmemadError
+
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VitmemadError, ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 

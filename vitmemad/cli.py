@@ -41,19 +41,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from vitmemad.checkpoint import CheckpointError
-    from vitmemad.data.errors import DatasetError
+    from vitmemad.errors import VitmemadError
 
     types: list[type[BaseException]] = [
-        DatasetError, CheckpointError, FloatingPointError, OSError, ValueError, HydraException, OmegaConfBaseException,
+        VitmemadError, FloatingPointError, OSError, ValueError, HydraException, OmegaConfBaseException,
     ]
     out_of_memory = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
     if isinstance(out_of_memory, type):
         types.append(out_of_memory)
-    for name in ("vitmemad.export", "__main__"):  # `python -m vitmemad.export` runs it as __main__
-        export_error = getattr(sys.modules.get(name), "ExportError", None)
-        if isinstance(export_error, type) and issubclass(export_error, BaseException):
-            types.append(export_error)
     return tuple(types)
 
 

@@ -14,6 +14,8 @@ Default output: ``model.onnx`` beside the checkpoint. An existing file is never 
 """
 from __future__ import annotations
 
+from vitmemad.errors import VitmemadError
+
 import json
 import logging
 import os
@@ -44,7 +46,7 @@ TRACE_BATCH = 2  # traced with 2 images, verified with 1 and 3: the batch axis m
 VERIFY_BATCHES = (1, 3)
 
 
-class ExportError(RuntimeError):
+class ExportError(VitmemadError, RuntimeError):
     """The exported model is invalid or does not reproduce PyTorch's anomaly maps."""
 
 

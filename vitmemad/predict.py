@@ -15,6 +15,8 @@ Thresholds come from the checkpoint (calibrated on normal validation images duri
 """
 from __future__ import annotations
 
+from vitmemad.errors import VitmemadError
+
 import csv
 import io
 import logging
@@ -56,7 +58,7 @@ JSON_FILE = "predictions.json"
 SUBDIRS = ("maps", "overlays", "masks")
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(VitmemadError, FileExistsError):
     """The output folder already holds predictions and overwrite=true was not given."""
 
 

@@ -4,6 +4,8 @@ Only instantiates and runs; the pieces live in ``vitmemad.pipeline``.
 """
 from __future__ import annotations
 
+from vitmemad.errors import VitmemadError
+
 import logging
 import os
 from pathlib import Path
@@ -26,7 +28,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 ddp_hydra.install()  # DDP worker ranks inside a multirun run this job only
 
 
-class RunDirError(FileExistsError):
+class RunDirError(VitmemadError, FileExistsError):
     """The output directory already holds a finished run."""
 
 

@@ -6,6 +6,8 @@ It subclasses ValueError because a bad dataset is a bad input value.
 """
 from __future__ import annotations
 
+from vitmemad.errors import VitmemadError
 
-class DatasetError(ValueError):
+
+class DatasetError(VitmemadError, ValueError):
     """A dataset is missing, malformed or unreadable; the message names the path or key."""
