@@ -5,13 +5,15 @@ export need nothing but its path.
 """
 from __future__ import annotations
 
-from vitmemad.errors import VitmemadError
-
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from vitmemad import legacy
+from vitmemad.build import build_module
+from vitmemad.errors import VitmemadError
 
 
 class CheckpointError(VitmemadError, ValueError):
@@ -31,7 +33,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is not a vitmemad checkpoint: expected 'state_dict' and 'hyper_parameters.cfg' entries"
         )
+    if legacy.is_legacy(cfg):  # written before models were configured by _target_
+        ckpt["hyper_parameters"]["cfg"] = legacy.convert_config(cfg)
+        ckpt["state_dict"] = legacy.convert_state_dict(ckpt["state_dict"])
     return ckpt
+
+
+def module_from_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(the checkpoint's LightningModule with its weights loaded, its run config)."""
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["hyper_parameters"]["cfg"]
+    module = build_module(cfg["model"])
+    load_state_dict_strict(module, ckpt["state_dict"], path)
+    return module, cfg
 
 
 # Buffers added after the first checkpoints were written; older checkpoints load without them.

@@ -145,13 +145,15 @@ class StopBeforeRun(BaseException):
 def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
     """Call ``main`` (a ``@hydra.main`` function); user errors exit 2 with ``error: <message>`` on stderr.
 
-    ``argv`` replaces ``sys.argv[1:]`` during the call (tests).
+    ``argv`` replaces ``sys.argv[1:]`` during the call (tests); moved config keys are renamed
+    (``vitmemad.config.ALIASES``).
     """
     show_traceback = _env_flag(TRACEBACK_ENV) or _env_flag("HYDRA_FULL_ERROR")
     saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own traceback
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    from vitmemad.config import rewrite_overrides
+
+    sys.argv = [sys.argv[0], *rewrite_overrides(sys.argv[1:] if argv is None else argv)]  # old key spellings
     try:
         try:
             return main()
@@ -224,7 +226,7 @@ class CheckRunDir(_HydraCallback):
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         from pathlib import Path
 
-        from vitmemad.train import resume_path
+        from vitmemad.run_dir import resume_path
 
         try:
             resume_path(config.get("ckpt_path"), Path(str(config.hydra.run.dir)))

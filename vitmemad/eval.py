@@ -10,9 +10,10 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vitmemad import cli, pipeline
+from vitmemad import cli, config, pipeline
+from vitmemad.build import build_datamodule, build_module
+from vitmemad.callbacks import ExampleGrid, MemoryDiagnostics
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
-from vitmemad.models.lightning_module import AnomalyModule
 
 log = logging.getLogger(__name__)
 OVERRIDABLE = ("data", "anomaly_map", "metrics")
@@ -23,6 +24,10 @@ def apply_overrides(run_cfg: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     for section in OVERRIDABLE:
         given = OmegaConf.to_container(cfg.get(section) or {}, resolve=True)
         run_cfg.setdefault(section, {}).update({k: v for k, v in given.items() if v is not None})
+    # the module's copies of the map and the PRO limit (the saved config is resolved: no interpolation links them)
+    model = run_cfg["model"]
+    model["anomaly_map"] = {**model.get("anomaly_map", {}), **run_cfg["anomaly_map"]}
+    model["pro_fpr_limit"] = float(run_cfg["metrics"].get("pro_fpr_limit", model.get("pro_fpr_limit", 0.3)))
     return run_cfg
 
 
@@ -32,19 +37,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = apply_overrides(ckpt["hyper_parameters"]["cfg"], cfg)
     L.seed_everything(run_cfg.get("seed", 0), workers=True)
     pipeline.configure_threads(cfg.get("num_threads"))
-    module = AnomalyModule(run_cfg)
+    module = build_module(run_cfg["model"])
     load_state_dict_strict(module, ckpt["state_dict"], cfg.ckpt_path)
-    datamodule = pipeline.build_datamodule(run_cfg["data"])
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, max_epochs=1)
+    datamodule = build_datamodule(run_cfg["data"])
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=False, max_epochs=1, callbacks=[ExampleGrid(), MemoryDiagnostics()]
+    )
     trainer.test(module, datamodule=datamodule)
     record = pipeline.metrics_record(
-        run_cfg, module, epochs=int(ckpt.get("epoch", -1)) + 1, train_seconds=None, ckpt_path=str(Path(cfg.ckpt_path).resolve())
+        run_cfg, module, epochs=int(ckpt.get("epoch", -1)) + 1, train_seconds=None,
+        ckpt_path=str(Path(cfg.ckpt_path).resolve()),
     )
-    pipeline.write_test_outputs(output_dir, record, module)
+    pipeline.write_test_outputs(output_dir, record)
     return record
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -2,7 +2,7 @@
 
 The ONNX model maps ``images`` float32 (B, 3, S, S) in [-1, 1] (preprocessed as
 `vitmemad.data.preprocess` does) to ``maps`` float32 (B, S, S): reconstruction plus the anomaly-map
-generator (L2 and/or 1 - SSIM, Gaussian smoothing), i.e. ``AnomalyModule.score(images)[0]``. The batch
+generator (L2 and/or 1 - SSIM, Gaussian smoothing), i.e. ``module.score(images)[0]``. The batch
 size is dynamic. The model is exported in eval mode (BatchNorm running statistics) through the
 TorchScript-based exporter (``dynamo=False``; the dynamo exporter needs onnxscript, which is not a
 dependency) at opset 17, then checked with ``onnx.checker`` and, by default, compared with PyTorch
@@ -13,8 +13,6 @@ Default output: ``model.onnx`` beside the checkpoint. An existing file is never 
 ``overwrite=true``. `benchmark_inference` measures PyTorch and onnxruntime throughput side by side.
 """
 from __future__ import annotations
-
-from vitmemad.errors import VitmemadError
 
 import json
 import logging
@@ -31,10 +29,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vitmemad import cli, pipeline
+from vitmemad import cli, config, pipeline
+from vitmemad.build import build_module
+from vitmemad.config import to_plain
+from vitmemad.errors import VitmemadError
 from vitmemad.inference import ScoringModel, calibrated_thresholds, image_size_of, load_module
+from vitmemad.models.module import AnomalyModule
 from vitmemad.utils.io import make_readable
-from vitmemad.models.lightning_module import AnomalyModule
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def synthetic_images(batch: int, image_size: int, seed: int = 0) -> torch.Tensor
 
 def onnx_metadata(module: AnomalyModule, extra: dict[str, Any] | None = None) -> dict[str, str]:
     image_thr, pixel_thr = calibrated_thresholds(module)
-    cfg = module.cfg
+    cfg = module.run_config
     meta = {
         "vitmemad.input": f"{INPUT_NAME}: float32 (B, 3, S, S), RGB scaled to [-1, 1] (x / 127.5 - 1), "
                           "resized to S x S with PIL bilinear",
@@ -82,7 +83,7 @@ def onnx_metadata(module: AnomalyModule, extra: dict[str, Any] | None = None) ->
         "vitmemad.image_size": str(image_size_of(module)),
         "vitmemad.image_threshold": json.dumps(image_thr),
         "vitmemad.pixel_threshold": json.dumps(pixel_thr),
-        "vitmemad.anomaly_map": json.dumps(cfg.get("anomaly_map")),
+        "vitmemad.anomaly_map": json.dumps({k: v for k, v in (cfg.get("anomaly_map") or {}).items() if k != "_target_"}),
         "vitmemad.model": str(pipeline.model_name(cfg)),
         "vitmemad.category": str(cfg.get("data", {}).get("category")),
     }
@@ -232,7 +233,7 @@ def benchmark_inference(model: str = "vitmemad_cpu", *, ckpt_path: str | None = 
                     times["torch"].append(t1 - t0)
                     times["onnxruntime"].append(t2 - t1)
     result = {
-        "model": model if not ckpt_path else pipeline.model_name(module.cfg),
+        "model": model if not ckpt_path else pipeline.model_name(module.run_config),
         "image_size": size,
         "batch_size": batch_size,
         "threads": threads,
@@ -249,19 +250,18 @@ def benchmark_inference(model: str = "vitmemad_cpu", *, ckpt_path: str | None = 
 
 
 def _fresh_module(model: str, overrides: tuple[str, ...] = ()) -> AnomalyModule:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from vitmemad.config import compose
 
-    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", *overrides])
+    cfg = compose("train", [f"model={model}", *overrides])
     cfg.paths.output_dir = tempfile.gettempdir()  # resolved but unused: nothing is written
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = to_plain(cfg)
     torch.manual_seed(0)
-    return AnomalyModule(container).eval().requires_grad_(False)
+    module = build_module(container["model"]).eval().requires_grad_(False)
+    module.run_config = container
+    return module
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

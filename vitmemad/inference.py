@@ -1,13 +1,13 @@
 """What `vitmemad.predict` and `vitmemad.export` share: load a checkpoint for inference, find the
 input files, read them without ever raising, render heatmap overlays.
 
-- `load_module(ckpt_path)`: the checkpoint's `AnomalyModule` in eval mode (BatchNorm running stats),
-  gradients off, thresholds readable through `calibrated_thresholds`.
+- `load_module(ckpt_path)`: the checkpoint's LightningModule in eval mode (BatchNorm running stats),
+  gradients off, thresholds readable through `calibrated_thresholds`, its run config as ``run_config``.
 - `list_inputs(spec)`: a file, a folder (image files directly inside it) or a glob (`**` recurses).
 - `PredictDataset`: one item per input file; a file that cannot be read becomes an item with an
   ``error`` string instead of an exception, so one bad file never stops a batch.
 - `ScoringModel`: images (B, 3, S, S) in [-1, 1] -> anomaly maps (B, S, S), exactly
-  `AnomalyModule.score(images)[0]`; the graph that is exported to ONNX.
+  `module.score(images)[0]`; the graph that is exported to ONNX.
 - `render_overlay`: a jet heatmap blended over the original image.
 """
 from __future__ import annotations
@@ -26,12 +26,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
+from vitmemad.checkpoint import module_from_checkpoint
 from vitmemad.data.errors import DatasetError
 from vitmemad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image
 from vitmemad.data.transforms import preprocess
 from vitmemad.models.anomaly_map import anomaly_maps
-from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.models.module import AnomalyModule
 from vitmemad.utils.io import atomic_write_bytes
 from vitmemad.utils.visualize import render_overlay  # noqa: F401  (predict imports it from here)
 
@@ -47,16 +47,16 @@ def write_output(path: str | Path, data: bytes) -> None:
 
 # ---------------------------------------------------------------- checkpoint
 def load_module(ckpt_path: str | Path, device: str | torch.device = "cpu") -> AnomalyModule:
-    """The checkpoint's module, in eval mode with gradients off, on ``device``."""
-    ckpt = load_checkpoint(ckpt_path)
-    module = AnomalyModule(ckpt["hyper_parameters"]["cfg"])
-    load_state_dict_strict(module, ckpt["state_dict"], ckpt_path)
+    """The checkpoint's module, in eval mode with gradients off, on ``device``; ``run_config`` is its config."""
+    module, cfg = module_from_checkpoint(ckpt_path)
+    module.run_config = cfg  # what the checkpoint was trained with: input size, names for metadata
     module.requires_grad_(False)
     return module.eval().to(device)
 
 
 def image_size_of(module: AnomalyModule) -> int:
-    return int(module.cfg["data"]["image_size"])
+    """The input size the model was trained at (its data transform's size)."""
+    return int(module.run_config["data"]["image_size"])
 
 
 def calibrated_thresholds(module: AnomalyModule) -> tuple[float | None, float | None]:
@@ -84,11 +84,11 @@ class ScoringModel(nn.Module):
 
     def __init__(self, module: AnomalyModule) -> None:
         super().__init__()
-        self.model = module.model
+        self.net = module.net
         self.anomaly_map = module.anomaly_map
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return anomaly_maps(self.anomaly_map, images, self.model(images))
+        return anomaly_maps(self.anomaly_map, images, self.net(images))
 
 
 # ---------------------------------------------------------------- inputs

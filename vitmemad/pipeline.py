@@ -1,4 +1,4 @@
-"""The pieces that train, eval (and later predict/export) share: build, run, write outputs."""
+"""The pieces that train and eval share: threads, compile, the run config, metrics.json, the test trainer."""
 from __future__ import annotations
 
 import logging
@@ -7,22 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vitmemad.data import labelled_split
-from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.config import net_parts, to_plain
+from vitmemad.run_dir import METRICS_FILE
 from vitmemad.utils.io import write_json
 from vitmemad.utils.provenance import provenance
-from vitmemad.utils.visualize import save_examples
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-EXAMPLES_FILE = "examples.png"
 
 
 def configure_threads(num_threads: int | None) -> None:
@@ -48,37 +43,25 @@ def compile_model(model: torch.nn.Module, option: bool | str | None) -> bool:
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """Plain-container copy of the run config plus the chosen group names (saved in checkpoints)."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert isinstance(container, dict)
     try:
         choices = dict(HydraConfig.get().runtime.choices)
     except ValueError:  # composed outside a Hydra app (tests)
         choices = {}
-    container["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
-    return container
-
-
-#: data config keys that are not datamodule arguments
-DATA_CONFIG_ONLY = ("name", "categories", *labelled_split.CONFIG_KEYS)
-
-
-def build_datamodule(data_cfg: dict[str, Any]) -> L.LightningDataModule:
-    kwargs = {k: v for k, v in data_cfg.items() if k not in DATA_CONFIG_ONLY}
-    datamodule = hydra.utils.instantiate(kwargs, _convert_="all")
-    return labelled_split.wrap(datamodule, data_cfg)  # itself unless data.labelled_val_fraction is set
+    return to_plain(cfg, choices)
 
 
 def model_name(cfg: dict[str, Any]) -> str:
-    return cfg.get("choices", {}).get("model") or cfg["model"].get("kind", "unknown")
+    return cfg.get("choices", {}).get("model") or "unknown"
 
 
-def ablation_name(cfg: dict[str, Any], module: AnomalyModule) -> str | None:
-    return cfg["ablation"]["name"] if module.uses_ablation and cfg.get("ablation") else None
+def ablation_name(cfg: dict[str, Any]) -> str | None:
+    """The ablation variant of a model that has switchable parts; None for the others (cae, patchcore)."""
+    return cfg["ablation"]["name"] if net_parts(cfg) and cfg.get("ablation") else None
 
 
 def metrics_record(
     cfg: dict[str, Any],
-    module: AnomalyModule,
+    module: L.LightningModule,
     *,
     epochs: int,
     train_seconds: float | None,
@@ -94,7 +77,8 @@ def metrics_record(
         "category": str(data_cfg.get("category")),
         "dataset": data_cfg.get("name"),
         "model": model_name(cfg),
-        "ablation": ablation_name(cfg, module),
+        "ablation": ablation_name(cfg),
+        "debug": cfg.get("debug"),
         "seed": cfg.get("seed"),
         "epochs": epochs,
         "train_seconds": train_seconds,
@@ -104,16 +88,14 @@ def metrics_record(
         "labelled_val_fraction": data_cfg.get("labelled_val_fraction"),
         "memory": results.get("memory"),
         "image_size": data_cfg.get("image_size"),
-        "anomaly_map": cfg.get("anomaly_map"),
+        "anomaly_map": {k: v for k, v in (cfg.get("anomaly_map") or {}).items() if k != "_target_"},
         "pro_fpr_limit": cfg.get("metrics", {}).get("pro_fpr_limit", 0.3),
         "provenance": provenance(data_cfg.get("root") or data_cfg.get("normal_dir")),
     }
 
 
-def write_test_outputs(output_dir: Path, record: dict[str, Any], module: AnomalyModule) -> None:
+def write_test_outputs(output_dir: Path, record: dict[str, Any]) -> None:
     write_json(output_dir / METRICS_FILE, record)
-    if module.examples["image"]:
-        save_examples(module.examples, output_dir / EXAMPLES_FILE)
     summary = ", ".join(
         f"{k}={record[k]:.4f}" if record[k] is not None else f"{k}=null" for k in ("image_AUROC", "pixel_AUROC", "PRO")
     )
@@ -141,7 +123,7 @@ def checkpoint_for_test(trainer: L.Trainer, which: str) -> str | None:
     return best or getattr(callback, "last_model_path", "") or None
 
 
-def single_device_trainer(trainer: L.Trainer) -> L.Trainer | None:
+def single_device_trainer(trainer: L.Trainer, callbacks: list[L.Callback] = ()) -> L.Trainer | None:
     """The trainer that tests: the fit trainer itself, or after DDP a fresh one-device trainer on rank 0.
 
     Lightning's DistributedSampler pads uneven shards with repeated images; testing on one process
@@ -162,6 +144,7 @@ def single_device_trainer(trainer: L.Trainer) -> L.Trainer | None:
         devices=1,
         precision=trainer.precision,
         logger=trainer.loggers or False,
+        callbacks=list(callbacks),
         default_root_dir=trainer.default_root_dir,
         enable_model_summary=False,
     )

@@ -15,8 +15,6 @@ Thresholds come from the checkpoint (calibrated on normal validation images duri
 """
 from __future__ import annotations
 
-from vitmemad.errors import VitmemadError
-
 import csv
 import io
 import logging
@@ -33,7 +31,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vitmemad import cli, pipeline
+from vitmemad import cli, config, pipeline
+from vitmemad.errors import VitmemadError
 from vitmemad.inference import (
     PredictDataset,
     calibrated_thresholds,
@@ -198,7 +197,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     return done
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

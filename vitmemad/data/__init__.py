@@ -4,7 +4,8 @@ Every item is a dict: ``image`` float32 (3, S, S) in [-1, 1]; ``mask`` uint8 (H0
 at the ground truth's native resolution (zeros for normal images); ``label`` int; ``defect`` str
 ("good" for normal images); ``path`` str. Use `collate` with every DataLoader.
 """
-from .base import AnomalyDataModule, AnomalyDataset, Sample, collate
+from .base import AnomalyDataModule
+from .dataset import AnomalyDataset, Sample, collate
 from .btad import BTAD_PRODUCTS, BTADDataModule
 from .demo import DEMO_CATEGORIES, DEMO_DEFECTS, DemoDataModule, generate_demo, write_demo_dataset
 from .errors import DatasetError

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .base import NORMAL, AnomalyDataModule, Sample, check_mask_sizes, require_images, resolve_category_dir
+from .base import AnomalyDataModule
+from .dataset import NORMAL, Sample
+from .layout import check_mask_sizes, require_images, resolve_category_dir
 from .errors import DatasetError
 from .io import find_mask, list_images
 

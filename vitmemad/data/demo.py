@@ -30,7 +30,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import bezier_curve, ellipse
 
-from .base import NORMAL, AnomalyDataModule, AnomalyDataset, Sample
+from .base import AnomalyDataModule
+from .dataset import NORMAL, AnomalyDataset, Sample
 from .errors import DatasetError
 
 DEMO_CATEGORIES = ("brick", "grass", "gravel")

@@ -8,6 +8,5 @@ from __future__ import annotations
 
 from vitmemad.errors import VitmemadError
 
-
 class DatasetError(VitmemadError, ValueError):
     """A dataset is missing, malformed or unreadable; the message names the path or key."""

@@ -58,6 +58,10 @@ class ImageAUROC(ListStateMetric):
         self.scores.append(maps.flatten(1).amax(dim=1))
         self.labels.append(gts.flatten(1).amax(dim=1))
 
+    def update_scores(self, scores: Tensor, labels: Tensor) -> None:
+        """Image scores (B,) and labels (B,) directly: each is a 1x1 "map" and "mask"."""
+        self.update(scores.reshape(-1, 1, 1), labels.reshape(-1, 1, 1))
+
     def compute(self) -> Tensor:
         scores = _concat(self.scores, np.float32)
         labels = _concat(self.labels, np.float32) > 0

@@ -18,6 +18,7 @@ class CoordinateAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 32, min_hidden: int = 8, residual: bool = False) -> None:
         super().__init__()
         self.residual = residual
+        self.channels = channels
         if reduction < 1:
             raise ValueError(f"coord_attention.reduction must be >= 1, got {reduction}")
         hidden = max(min_hidden, channels // reduction)

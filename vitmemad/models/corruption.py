@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("none", "patch_swap")
-
-
 class PatchSwap:
     """Paste ``1..max_patches`` rectangles, each cut from a random image of the batch at a random place, into
     a random place of an image; each image is corrupted with probability ``probability``.
@@ -48,12 +45,3 @@ class PatchSwap:
                 dy, dx = int(torch.randint(h - ph + 1, ())), int(torch.randint(w - pw + 1, ()))
                 out[i, :, dy : dy + ph, dx : dx + pw] = images[src, :, sy : sy + ph, sx : sx + pw]
         return out
-
-
-def build_corruption(cfg: dict | None) -> PatchSwap | None:
-    """The ``corruption`` config node (``mode`` plus the mode's settings), or None for no corruption."""
-    if not cfg or cfg.get("mode", "none") == "none":
-        return None
-    if cfg["mode"] != "patch_swap":
-        raise ValueError(f"corruption.mode must be one of {MODES}, got {cfg['mode']!r}")
-    return PatchSwap(**{k: v for k, v in cfg.items() if k != "mode"})

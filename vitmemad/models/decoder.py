@@ -38,6 +38,7 @@ class TransposedConvDecoder(nn.Module):
     ):
         super().__init__()
         upsampling = num_upsampling(patch_size)
+        self.patch_size = patch_size
         channels = list(channels)
         if len(channels) != 5:
             raise ValueError(f"decoder.channels must list the 5 hidden widths of the 6 layers, got {channels}")

@@ -8,11 +8,11 @@ at S/8). Pipeline, mirroring ``ViTMemAE``::
       -> encoder: 1x1 conv to D, then ``downsample`` stride-2 3x3 convs (BatchNorm + ReLU)  (B, D, S/8/2^k, ...)
       -> memory module (paper eqs. 7-10; optional)  -> coordinate attention (optional)
       -> decoder: ``downsample`` x2 transposed convs back to S/8, then a 1x1 conv to C channels
-    anomaly map = per-position Euclidean distance ||f - f_hat|| (B, S/8, S/8); ``AnomalyModule``
+    anomaly map = per-position Euclidean distance ||f - f_hat|| (B, S/8, S/8); the module
     upsamples it to the input size and smooths it with the anomaly map's Gaussian.
 
-The memory and coordinate attention are switched by the ``ablation`` group (Base / +M / +CA / +M+CA),
-exactly as in the pixel model. The per-channel standardisation (mean / std of the feature map) is
+The memory and coordinate attention are parts handed in (or None), switched by the ``ablation`` group
+(Base / +M / +CA / +M+CA) exactly as in the pixel model. The per-channel standardisation (mean / std of the feature map) is
 estimated from the first training batch and saved with the weights.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 from .coord_attention import CoordinateAttention
 from .memory import MemoryModule
+from .parts import check_widths
 from .pretrained import FeatureExtractor
 
 
@@ -39,15 +40,8 @@ class FeatureMemAE(nn.Module):
         equalize_layers: bool = True,
         embed_dim: int = 256,
         downsample: int = 1,
-        use_memory: bool = True,
-        memory_size: int = 100,
-        memory_temperature: float = 0.1,
-        memory_addressing: str = "cosine",
-        memory_shrink_threshold: float | None = None,
-        memory_init: str = "features",
-        use_coord_attention: bool = True,
-        ca_reduction: int = 8,
-        ca_residual: bool = False,
+        memory: MemoryModule | None = None,
+        coord_attention: CoordinateAttention | None = None,
         decoder_channels: Sequence[int] = (256,),
         image_size: int | None = None,
     ) -> None:
@@ -72,13 +66,9 @@ class FeatureMemAE(nn.Module):
         for _ in range(downsample):
             layers += _conv_bn_relu(embed_dim, embed_dim, 3, 2)
         self.encoder = nn.Sequential(*layers)
-        self.memory = (
-            MemoryModule(memory_size, embed_dim, memory_temperature, memory_addressing, memory_shrink_threshold,
-                         init=memory_init)
-            if use_memory
-            else None
-        )
-        self.coord_attention = CoordinateAttention(embed_dim, ca_reduction, residual=ca_residual) if use_coord_attention else None
+        check_widths(embed_dim, memory=memory, coord_attention=coord_attention)
+        self.memory = memory
+        self.coord_attention = coord_attention
         dec: list[nn.Module] = []
         width = embed_dim
         for out in decoder_channels[:downsample]:
@@ -89,7 +79,7 @@ class FeatureMemAE(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(channels))
         self.register_buffer("feature_std", torch.ones(channels))
         self.register_buffer("stats_initialized", torch.tensor(False))
-        self.bypass_memory = False  # memory warm-up (AnomalyModule), as in ViTMemAE
+        self.bypass_memory = False  # memory warm-up (vitmemad.callbacks.memory), as in ViTMemAE
 
     def target_features(self, images: torch.Tensor, init_stats: bool = False) -> torch.Tensor:
         """Standardised backbone features (B, C, h, w); the first training batch sets the statistics."""

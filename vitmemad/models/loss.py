@@ -50,6 +50,12 @@ class ReconstructionLoss(nn.Module):
         total = self.lambda_recon * recon + self.lambda_ent * ent
         return {"loss": total, "l2": l2, "ssim": l_ssim, "entropy": ent}
 
+    def terms(self, x: torch.Tensor, out: dict) -> dict[str, torch.Tensor]:
+        """The loss terms of a model's output: pixel reconstruction, or a feature-space model's own error."""
+        if out.get("feature_error") is not None:
+            return self.feature_terms(out["feature_error"], out.get("memory_weights"))
+        return self(x, out["reconstruction"], out.get("memory_weights"))
+
     def feature_terms(self, feature_error: torch.Tensor, memory_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Feature-space models: ``l2`` = mean of their per-position squared feature error (no SSIM term)."""
         l2 = feature_error.float().mean()

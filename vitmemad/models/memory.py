@@ -18,15 +18,6 @@ training, and normal patterns outside those few (short horizontal brick joints) 
 reconstructed. Starting from real queries keeps the items spread over the data, and
 ``restart_dead_items`` (the codebook-restart remedy of vector quantisation) moves items that stay
 unused back onto current queries during training.
-
-Position-aware addressing (``position_weight > 0``, not in the paper): each item also has a learned position
-code u_i, and a query at grid position p adds ``position_weight * cos(e_p, u_i)`` to its content similarity,
-where e_p is a Gaussian bump on the token grid (width ``position_sigma`` tokens), so cos(e_p, e_q) falls off with
-the distance between p and q. Content-only addressing lets a defect that looks like normal content found
-elsewhere (a dark hole in a bottle where the background is dark) be rebuilt from the items of that other place;
-with the position term the items of the query's own place win unless the content is far from them. Items
-initialised from features start with the code of the position they were sampled at; an item the data uses
-everywhere can learn a flat code (textures), so nothing about alignment is assumed.
 """
 from __future__ import annotations
 
@@ -49,32 +40,24 @@ def hard_shrink_relu(weights: torch.Tensor, threshold: float, eps: float = 1e-12
 class MemoryModule(nn.Module):
     def __init__(
         self,
-        num_items: int,
+        size: int,
         dim: int,
         temperature: float = 1.0,
         addressing: str = "cosine",
         shrink_threshold: float | None = None,
         eps: float = 1e-12,
         init: str = "random",
-        position_weight: float = 0.0,
-        grid: tuple[int, int] | None = None,
-        position_sigma: float = 1.0,
     ) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"memory.init must be one of {INITS}, got {init!r}")
         if addressing not in ADDRESSING:
             raise ValueError(f"memory.addressing must be one of {ADDRESSING}, got {addressing!r}")
-        if num_items < 1:
-            raise ValueError(f"memory.size must be >= 1, got {num_items}")
+        if size < 1:
+            raise ValueError(f"memory.size must be >= 1, got {size}")
+        num_items = int(size)
         if temperature <= 0:
             raise ValueError(f"memory.temperature must be > 0, got {temperature}")
-        if position_weight < 0 or (position_weight > 0 and grid is None):
-            raise ValueError(
-                f"memory.position_weight must be >= 0 and needs the token grid of the model, got {position_weight}, grid {grid}"
-            )
-        if position_sigma <= 0:
-            raise ValueError(f"memory.position_sigma must be > 0, got {position_sigma}")
         self.num_items = num_items
         self.dim = dim
         self.temperature = temperature
@@ -87,11 +70,6 @@ class MemoryModule(nn.Module):
         nn.init.uniform_(self.items, -stdv, stdv)
         # Saved with the weights, so a resumed run does not re-initialise from data.
         self.register_buffer("initialized", torch.tensor(init == "random"))
-        self.position_weight = float(position_weight)
-        if self.position_weight > 0:
-            codes = gaussian_position_codes(grid, position_sigma)
-            self.register_buffer("position_codes", codes)  # (HW, HW), unit rows
-            self.item_positions = nn.Parameter(torch.empty(num_items, codes.shape[0]).uniform_(0.0, 1.0))
         # Running share of the addressing mass each item receives in training (for dead-item restarts).
         self.register_buffer("usage", torch.full((num_items,), 1.0 / num_items))
         self.usage_momentum = 0.9  # ~20 steps of memory: an item unused for that long counts as dead
@@ -107,13 +85,7 @@ class MemoryModule(nn.Module):
         else:
             idx = torch.randint(n, (self.num_items,), generator=generator, device="cpu")
         self.items.copy_(flat[idx.to(flat.device)])
-        if self.position_weight > 0:  # each item starts at the position its query came from
-            self.item_positions.copy_(self._code_of_query(idx.to(flat.device)))
         self.initialized.fill_(True)
-
-    def _code_of_query(self, flat_index: torch.Tensor) -> torch.Tensor:
-        """Position codes of queries picked by their index into (B, HW, C) queries flattened to (B*HW, C)."""
-        return self.position_codes[flat_index % self.position_codes.shape[0]]
 
     def address(self, queries: torch.Tensor) -> torch.Tensor:
         """Softmax addressing weights (..., N) for queries (..., C), before shrinkage."""
@@ -121,14 +93,6 @@ class MemoryModule(nn.Module):
             logits = F.normalize(queries, dim=-1) @ F.normalize(self.items, dim=-1).t()
         else:
             logits = queries @ self.items.t()
-        if self.position_weight > 0:
-            if queries.shape[-2] != self.position_codes.shape[0]:
-                raise ValueError(
-                    f"position-aware memory was built for {self.position_codes.shape[0]} token positions, "
-                    f"got {queries.shape[-2]}"
-                )
-            affinity = self.position_codes @ F.normalize(self.item_positions, dim=-1).t()  # (HW, N)
-            logits = logits + self.position_weight * affinity
         return torch.softmax(logits.float() / self.temperature, dim=-1).to(queries.dtype)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,24 +125,12 @@ class MemoryModule(nn.Module):
         flat = self._last_queries.reshape(-1, self.dim).to(self.items.dtype)
         idx = torch.randint(flat.shape[0], (dead.numel(),), generator=generator, device="cpu").to(flat.device)
         self.items[dead] = flat[idx]
-        if self.position_weight > 0:
-            self.item_positions[dead] = self._code_of_query(idx)
         self.usage[dead] = 1.0 / self.num_items
         return int(dead.numel())
 
     def extra_repr(self) -> str:
         return (
             f"num_items={self.num_items}, dim={self.dim}, addressing={self.addressing}, "
-            f"temperature={self.temperature}, shrink_threshold={self.shrink_threshold:.4g}, "
-            f"position_weight={self.position_weight}"
+            f"temperature={self.temperature}, shrink_threshold={self.shrink_threshold:.4g}"
         )
 
-
-def gaussian_position_codes(grid: tuple[int, int], sigma: float) -> torch.Tensor:
-    """(H*W, H*W) unit vectors, row p a Gaussian bump of width ``sigma`` tokens centred on position p (row-major,
-    as ``flatten(2)`` orders tokens): cos(e_p, e_q) = exp(-|p - q|^2 / (4 sigma^2)) away from the border."""
-    h, w = grid
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()], dim=1)
-    codes = torch.exp(-torch.cdist(coords, coords).pow(2) / (2 * sigma**2))
-    return F.normalize(codes, dim=-1)

@@ -1,4 +1,4 @@
-"""Diagnostics of the memory module's addressing over a set of images (the test set, in ``AnomalyModule``).
+"""Diagnostics of the memory module's addressing over a set of images (``vitmemad.callbacks.memory``).
 
 The memory module returns the shrunk, renormalised weights (B, HW, N); every spatial position is one query.
 Over all queries this accumulates, per memory item:
@@ -13,6 +13,8 @@ and overall:
   shrinkage zeroes weights below 1/N);
 - ``never_top1_fraction``: the fraction of items that are never any query's largest weight;
 - ``mean_active_items``: mean number of items with a non-zero weight per query;
+- ``used_fraction``: the fraction of items that receive at least 0.1/N of the addressing mass; ``collapsed`` is
+  true when that is below 10 % (a few items take nearly all the mass: rich-get-richer addressing);
 - ``feature_relative_error``: ||z_hat - z||^2 / ||z||^2 over all queries, how much of the encoder's feature
   map the memory's output loses (0 = passes it unchanged). Blended, nearly uniform addressing shows up here
   as a large loss even when every item is in use.
@@ -27,6 +29,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .memory import MemoryModule
+
+#: an item is in use when it receives at least this share of the uniform 1/N of the addressing mass
+USED_SHARE = 0.1
+#: the memory has collapsed when fewer than this fraction of its items are in use
+COLLAPSED_BELOW = 0.1
 
 
 class MemoryUsage:
@@ -72,8 +79,12 @@ class MemoryUsage:
         queries = float(self.totals[0])
         if queries == 0:
             return None
+        usage = self.weight_sum / queries
+        used_fraction = float((usage >= USED_SHARE / self.num_items).double().mean())
         return {
             "num_items": self.num_items,
+            "used_fraction": used_fraction,
+            "collapsed": used_fraction < COLLAPSED_BELOW,
             "num_queries": int(queries),
             "mean_entropy": float(self.totals[1]) / queries,
             "max_entropy": math.log(self.num_items),
@@ -81,7 +92,7 @@ class MemoryUsage:
             "never_top1_fraction": float((self.top1 == 0).double().mean()),
             "mean_active_items": float(self.totals[2]) / queries,
             "feature_relative_error": float(self.totals[3] / self.totals[4]) if self.totals[4] > 0 else None,
-            "usage": [round(float(v), 8) for v in self.weight_sum / queries],
+            "usage": [round(float(v), 8) for v in usage],
             "top1_usage": [round(float(v), 8) for v in self.top1 / queries],
         }
 

@@ -1,4 +1,4 @@
-"""OmegaConf resolvers used by conf/ (registered when vitmemad.train is imported).
+"""OmegaConf resolvers used by conf/ (registered by vitmemad.config.register_resolvers).
 
 ``${vitmemad.sweep:LIST}`` turns a config list into a Hydra sweep value: every item quoted, comma separated,
 so ``["01", "02"]`` becomes ``'01','02'`` and BTAD products stay strings. conf/categories/all.yaml uses it
@@ -30,4 +30,3 @@ def register() -> None:
         OmegaConf.register_new_resolver(SWEEP, sweep_values)
 
 
-register()

@@ -1,0 +1,42 @@
+"""``examples.png``: a grid of test examples (input | reconstruction | anomaly map | ground truth)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from vitmemad.utils.visualize import save_examples
+
+
+class ExampleGrid(L.Callback):
+    """Keeps up to ``num_examples`` test images, anomalous ones first but a couple of normal ones for contrast,
+    and writes the grid into the trainer's ``default_root_dir`` (the run folder) at the end of testing."""
+
+    def __init__(self, num_examples: int = 8, num_normal: int = 2, filename: str = "examples.png") -> None:
+        self.num_examples, self.num_normal, self.filename = int(num_examples), int(num_normal), filename
+        self.examples: dict[str, list[Any]] = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.examples = {"image": [], "reconstruction": [], "map": [], "mask": []}
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, recon, maps = batch["image"], outputs["reconstruction"], outputs["maps"]
+        for i in range(images.shape[0]):
+            if len(self.examples["image"]) >= self.num_examples:
+                return
+            n_normal = sum(1 for m in self.examples["mask"] if m.sum() == 0)
+            if int(batch["label"][i]) == 0 and n_normal >= self.num_normal:
+                continue
+            mask = F.interpolate(batch["mask"][i][None, None].float(), size=tuple(images.shape[-2:]), mode="nearest")
+            self.examples["image"].append(images[i].detach().float().cpu())
+            self.examples["reconstruction"].append(recon[i].detach().float().cpu() if recon is not None else None)
+            self.examples["map"].append(maps[i].detach().float().cpu())
+            self.examples["mask"].append(mask[0, 0].cpu())
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.examples.get("image"):
+            save_examples(self.examples, Path(trainer.default_root_dir) / self.filename)

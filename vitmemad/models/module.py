@@ -1,0 +1,80 @@
+"""The LightningModule every model shares: a net that is handed in, anomaly maps, calibrated thresholds, testing.
+
+Subclasses say how a model is fitted (``ReconstructionModule``: gradients on a loss; ``PatchCoreModule``: a
+memory bank) and what its validation loss is. Everything else a run does on the side (threshold calibration,
+example grids, memory diagnostics, labelled validation) lives in ``vitmemad.callbacks``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from vitmemad.evaluation import TestEvaluator
+
+from .anomaly_map import AnomalyMapGenerator, anomaly_maps
+
+
+class AnomalyModule(L.LightningModule):
+    def __init__(self, net: nn.Module, anomaly_map: AnomalyMapGenerator, pro_fpr_limit: float = 0.3) -> None:
+        super().__init__()
+        self.net = net
+        self.anomaly_map = anomaly_map
+        self.evaluator = TestEvaluator(pro_fpr_limit)
+        # Decision thresholds (vitmemad.callbacks.ThresholdCalibration), saved in checkpoints for predict.
+        self.register_buffer("image_threshold", torch.tensor(float("nan")))
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
+        self.test_results: dict[str, Any] = {}
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        return self.net(images)
+
+    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B, 3, S, S) in [-1, 1] -> (anomaly maps (B, S, S), reconstructions or None).
+
+        Feature-space models (PatchCore, ``vitmemad_feat``) have no pixel reconstruction: None.
+        """
+        out = self.net(images)
+        return anomaly_maps(self.anomaly_map, images, out), out.get("reconstruction")
+
+    # ------------------------------------------------------------- validation
+    def validation_terms(self, images: torch.Tensor, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The loss terms logged as ``val/*``; ``loss`` selects the best checkpoint."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        out = self.net(images)
+        terms = self.validation_terms(images, out)
+        maps = anomaly_maps(self.anomaly_map, images, out)
+        bs = images.shape[0]
+        if getattr(self.net, "bypass_memory", False):
+            # Without its memory the model is not the one we test: keep warm-up epochs out of `best`.
+            terms = {**terms, "loss": torch.full_like(terms["loss"], float("inf"))}
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True)
+        # the same yardstick whatever the loss weights: what a normal-only lambda search selects on
+        recon = terms["l2"] + terms.get("ssim", 0.0)
+        self.log("val/recon_unweighted", recon, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
+        return {"maps": maps.detach()}
+
+    # ---------------------------------------------------------------- testing
+    def on_test_epoch_start(self) -> None:
+        if hasattr(self.net, "bypass_memory"):
+            self.net.bypass_memory = False  # scoring always uses the memory
+        self.test_results = {}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.evaluator.reset(has_masks=bool(getattr(datamodule, "has_masks", True)))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        maps, recon = self.score(batch["image"])
+        scores = self.evaluator.update(maps, batch)
+        return {"maps": maps, "reconstruction": recon, "scores": scores}
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results.update(self.evaluator.compute())
+        for key in ("image_AUROC", "pixel_AUROC", "PRO"):
+            if self.test_results[key] is not None:
+                self.log(f"test/{key}", self.test_results[key], rank_zero_only=True)
