@@ -113,13 +113,22 @@ def reset_peak_rss() -> bool:
 
 
 def preset_config(model: str, ablation: str) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from vitmemad.config import compose, to_plain
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"ablation={ablation}"])
+    cfg = compose("train", [f"model={model}", f"ablation={ablation}"])
     cfg.paths.output_dir = "/tmp/unused"
-    return OmegaConf.to_container(cfg, resolve=True)
+    return to_plain(cfg)
+
+
+def preset_module(model: str, ablation: str) -> torch.nn.Module:
+    from vitmemad.build import build_module
+
+    return build_module(preset_config(model, ablation)["model"])
+
+
+def loss_terms(module: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The training loss terms of a batch rebuilt from itself (no corruption)."""
+    return module.loss.terms(x, module.net(x))
 
 
 def fused_attention_report(model: torch.nn.Module) -> dict[str, Any]:
@@ -133,7 +142,7 @@ def fused_attention_report(model: torch.nn.Module) -> dict[str, Any]:
 def nchw_decoder(module: torch.nn.Module) -> torch.nn.Module:
     """The decoder fed an NCHW-contiguous feature map: the ViT's own map is channels_last (a reshape of the
     (B, N, D) tokens), so the decoder's convolutions already run in that layout; this is the alternative."""
-    module.model.decoder.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(),))
+    module.net.decoder.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(),))
     return module
 
 
@@ -148,7 +157,7 @@ class Variant:
 
     def train_step(self) -> None:
         self.module.train()
-        terms, _ = self.module._loss(self.x)
+        terms = loss_terms(self.module, self.x)
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.opt.step()
@@ -157,7 +166,7 @@ class Variant:
     def forward(self) -> None:
         self.module.eval()
         with torch.inference_mode():
-            self.module.model(self.x)
+            self.module.net(self.x)
 
     def infer(self) -> None:
         self.module.eval()
@@ -166,14 +175,12 @@ class Variant:
 
 
 def preset_figures(model: str, batch: int, rounds: int, threads: int, compile_model: bool) -> dict[str, Any]:
-    from vitmemad.models.lightning_module import AnomalyModule
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = preset_config(model, "m_ca")
     size = int(cfg["data"]["image_size"])
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    full = Variant(AnomalyModule(cfg), x)
+    full = Variant(preset_module(model, "m_ca"), x)
     out: dict[str, Any] = {"model": model, "image_size": size, "batch": batch, "rounds": rounds,
                            "parameters_M": sum(p.numel() for p in full.module.parameters()) / 1e6}
 
@@ -195,21 +202,21 @@ def preset_figures(model: str, batch: int, rounds: int, threads: int, compile_mo
     # 2. FLOPs (model forward; training step = forward + backward of the loss; optimiser excluded)
     full.module.eval()
     with torch.inference_mode():
-        out["forward_gflop"] = count_flops(lambda: full.module.model(x)) / 1e9
+        out["forward_gflop"] = count_flops(lambda: full.module.net(x)) / 1e9
     full.module.train()
-    out["train_step_gflop"] = count_flops(lambda: full.module._loss(x)[0]["loss"].backward()) / 1e9
+    out["train_step_gflop"] = count_flops(lambda: loss_terms(full.module, x)["loss"].backward()) / 1e9
     full.opt.zero_grad(set_to_none=True)
-    out["fused_attention"] = fused_attention_report(full.module.model)
+    out["fused_attention"] = fused_attention_report(full.module.net)
 
     # 3. variants timed in the same rounds: Base (no M, no CA) and the decoder fed an NCHW map
     torch.manual_seed(0)
-    base = Variant(AnomalyModule(preset_config(model, "base")), x)
+    base = Variant(preset_module(model, "base"), x)
     cl = Variant(nchw_decoder(copy.deepcopy(full.module)), x)
     cl.opt.load_state_dict(full.opt.state_dict())
     full.module.eval(), cl.module.eval()
     with torch.inference_mode():
-        ref = full.module.model(x)["reconstruction"]
-        cl_diff = float((cl.module.model(x)["reconstruction"] - ref).abs().max())
+        ref = full.module.net(x)["reconstruction"]
+        cl_diff = float((cl.module.net(x)["reconstruction"] - ref).abs().max())
     base.train_step()
     cl.train_step()  # warm-up (allocations, oneDNN primitives)
     a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
@@ -246,7 +253,7 @@ def compile_figures(eager: Variant, rounds: int) -> dict[str, Any]:
     compiled.opt.load_state_dict(eager.opt.state_dict())
     res: dict[str, Any] = {}
     try:
-        compiled.module.model.compile()  # in place, as vitmemad.train applies `compile: true`
+        compiled.module.net.compile()  # in place, as vitmemad.train applies `compile: true`
         start = time.perf_counter()
         compiled.train_step()  # compiles forward and backward
         res["first_step_s"] = time.perf_counter() - start

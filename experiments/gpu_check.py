@@ -40,8 +40,9 @@ if str(REPO) not in sys.path:
 HEAVY = ("hydra", "omegaconf", "lightning", "lightning_fabric", "pytorch_lightning", "wandb", "torchmetrics",
          "sklearn", "skimage", "onnx", "onnxruntime", "optuna")
 #: small overrides for a smoke test on any machine (seconds on a CPU)
-TINY = {"image_size": 32, "batch_size": 2, "encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
-        "memory": {"size": 8}, "decoder": {"channels": [16, 8, 8, 8, 8]}}
+TINY = {"data": {"image_size": 32, "batch_size": 2},
+        "model": {"net": {"encoder": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "memory": {"size": 8},
+                          "decoder": {"channels": [16, 8, 8, 8, 8]}}}}
 
 
 # ------------------------------------------------------------------ config (plain yaml, no Hydra)
@@ -59,9 +60,39 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def paper_config(model: str = "vitmemad_paper", ablation: str = "m_ca") -> dict[str, Any]:
-    """The model, ablation, loss and anomaly-map groups as `python -m vitmemad.train model=<model>` composes them."""
-    return {"model": _yaml(f"model/{model}.yaml"), "ablation": _yaml(f"ablation/{ablation}.yaml"),
-            "loss": _yaml("loss/default.yaml"), "anomaly_map": _yaml("anomaly_map/default.yaml")}
+    """The preset (merged over the presets in its defaults list), ablation, loss and anomaly-map groups, as
+    `python -m vitmemad.train model=<model>` composes them (interpolations are left as they are)."""
+    preset = _yaml(f"model/{model}.yaml")
+    merged: dict[str, Any] = {}
+    for parent in preset.get("defaults", []):
+        if parent not in ("_self_", "_reconstruction"):
+            merged = _merge(merged, paper_config(parent, ablation)["preset"])
+    merged = _merge(merged, {k: v for k, v in preset.items() if k != "defaults"})
+    return {"preset": merged, "ablation": _yaml(f"ablation/{ablation}.yaml"),
+            "loss": _plain(_yaml("loss/default.yaml")), "anomaly_map": _plain(_yaml("anomaly_map/default.yaml")),
+            "optimizer": _merge(_yaml("model/_reconstruction.yaml")["optimizer"], merged["model"].get("optimizer", {}))}
+
+
+def _plain(node: dict[str, Any]) -> dict[str, Any]:
+    """A config node's constructor arguments: no ``_target_``/``_partial_``, no interpolations."""
+    return {k: v for k, v in node.items() if not k.startswith("_") and not (isinstance(v, str) and "${" in v)}
+
+
+def build_net(net: dict[str, Any], image_size: int, ablation: dict[str, Any]) -> torch.nn.Module:
+    """The ViT net of a preset's ``model.net`` node, built without Hydra (what instantiate would build)."""
+    from vitmemad.models.coord_attention import CoordinateAttention
+    from vitmemad.models.decoder import TransposedConvDecoder
+    from vitmemad.models.encoder import ViTEncoder
+    from vitmemad.models.memory import MemoryModule
+    from vitmemad.models.vitmemad import ViTMemAE
+
+    enc = _plain(net["encoder"])
+    dim, patch = enc["embed_dim"], enc["patch_size"]
+    encoder = ViTEncoder(image_size=image_size, **enc)
+    memory = MemoryModule(dim=dim, **_plain(net["memory"])) if ablation["memory"] else None
+    ca = CoordinateAttention(dim, **_plain(net["coord_attention"])) if ablation["coord_attention"] else None
+    decoder = TransposedConvDecoder(dim, patch_size=patch, **_plain(net["decoder"]))
+    return ViTMemAE(encoder, decoder, memory, ca)
 
 
 # ------------------------------------------------------------------ FLOPs (shared with experiments/bench.py)
@@ -158,21 +189,20 @@ def run(device: str = "auto", steps: int = 50, warmup: int = 10, infer_steps: in
     import timm
 
     from vitmemad.models.anomaly_map import AnomalyMapGenerator
-    from vitmemad.models.factory import build_model
     from vitmemad.models.loss import ReconstructionLoss
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     use_bf16 = dev.type == "cuda" if bf16 is None else bool(bf16)
     cfg = paper_config(ablation=ablation)
-    model_cfg = _merge(cfg["model"], TINY) if tiny else cfg["model"]
-    size = int(image_size or model_cfg["image_size"])
-    batch = int(batch or model_cfg["batch_size"])
+    preset = _merge(cfg["preset"], TINY) if tiny else cfg["preset"]
+    size = int(image_size or preset["data"]["image_size"])
+    batch = int(batch or preset["data"]["batch_size"])
     torch.manual_seed(seed)
-    model = build_model(model_cfg, size, cfg["ablation"]).to(dev)
+    model = build_net(preset["model"]["net"], size, cfg["ablation"]).to(dev)
     criterion = ReconstructionLoss(**cfg["loss"])
     anomaly_map = AnomalyMapGenerator(**cfg["anomaly_map"])
-    opt_cfg = model_cfg["optimizer"]
+    opt_cfg = cfg["optimizer"]
     optimizer = torch.optim.Adam(model.parameters(), lr=float(opt_cfg["lr"]),
                                  weight_decay=float(opt_cfg.get("weight_decay", 0.0)))
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -199,7 +229,7 @@ def run(device: str = "auto", steps: int = 50, warmup: int = 10, infer_steps: in
         "preset": "tiny smoke test (not the paper preset)" if tiny else "vitmemad_paper", "ablation": ablation,
         "image_size": size, "batch": batch, "bf16_autocast": use_bf16, "compile": compile_model,
         "steps": steps, "warmup": warmup, "infer_steps": infer_steps,
-        "model_config": model_cfg, "parameters_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "model_config": preset["model"]["net"], "parameters_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "fused_attention": all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")),
     }
     model.train()

@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitmemad import pipeline  # noqa: E402
+from vitmemad.build import build_datamodule  # noqa: E402
 from vitmemad.data.labelled_split import stratified_split  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps  # noqa: E402
-from vitmemad.models.lightning_module import AnomalyModule  # noqa: E402
+from vitmemad.models.module import AnomalyModule  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 
@@ -36,7 +36,7 @@ METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
     """The chosen part of the test set (a list of dataset items), from the checkpoint's own data config."""
     data_cfg = {k: v for k, v in cfg["data"].items() if k not in ("labelled_val_fraction", "labelled_val_seed")}
-    datamodule = pipeline.build_datamodule(data_cfg)
+    datamodule = build_datamodule(data_cfg)
     datamodule.setup("test")
     dataset = datamodule.test_dataset
     if part == "all":
@@ -52,7 +52,7 @@ def raw_errors(module: AnomalyModule, items: list, ssim_window: int) -> dict[str
     errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
     for item in items:
         image = item["image"][None].float()
-        recon = module.model(image)["reconstruction"].float()
+        recon = module.net(image)["reconstruction"].float()
         for term, maps in errors.items():
             maps.append(error_term(term, image, recon, ssim_window)[0])
     return errors
@@ -70,7 +70,7 @@ def score_setting(errors: dict, items: list, source: str, sigma: float) -> dict[
         masks.append(mask)
         scores.append(full.amax())
         labels.append(int(item["label"]))
-    image_auroc.update(torch.stack(scores)[:, None, None], torch.tensor(labels)[:, None, None])
+    image_auroc.update_scores(torch.stack(scores), torch.tensor(labels))
     pixel_auroc.update(torch.stack(maps), torch.stack(masks))
     return {"image_AUROC": float(image_auroc.compute()), "pixel_AUROC": float(pixel_auroc.compute()),
             "PRO": float(pro_score(torch.stack(maps), torch.stack(masks)))}
@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in args.ckpts:
         module = load_module(path)
-        cfg = module.cfg
-        if not hasattr(module.model, "decoder"):
+        cfg = module.run_config
+        if not hasattr(module.net, "decoder"):
             parser.error(f"{path}: not a reconstruction model (its anomaly map has no source to choose)")
         items = test_part(cfg, args.part, args.fraction, args.split_seed)
-        errors = raw_errors(module, items, int(cfg.get("anomaly_map", {}).get("ssim_window", 11)))
+        errors = raw_errors(module, items, module.anomaly_map.ssim_window)
         ckpt_rows = []
         for source in args.sources:
             for sigma in args.sigmas:

@@ -28,3 +28,33 @@ def oracle_path() -> Path:
     if not ORACLE_PATH.is_file():
         pytest.skip(f"metric oracle not found at {ORACLE_PATH}")
     return ORACLE_PATH
+
+
+@pytest.fixture
+def compose():
+    """The one way tests compose configs: ``compose(*overrides, config_name="train", hydra_config=False)``.
+
+    ``vitmemad.config.compose``: what a Hydra main sees (old key spellings rewritten; for ``train`` the
+    ablation and debug switches applied by ``vitmemad.config.prepare``).
+    """
+    from vitmemad.config import compose as compose_config
+
+    def _compose(*overrides: str, config_name: str = "train", hydra_config: bool = False):
+        return compose_config(config_name, list(overrides), hydra_config=hydra_config)
+
+    return _compose
+
+
+@pytest.fixture
+def compose_plain(compose):
+    """``compose`` resolved to plain containers (``vitmemad.config.to_plain``), as a run saves its config;
+    the output folder is a placeholder (nothing is written)."""
+    from vitmemad.config import to_plain
+
+    def _compose_plain(*overrides: str, config_name: str = "train", output_dir: str = "/tmp/unused"):
+        cfg = compose(*overrides, config_name=config_name)
+        if "paths" in cfg:
+            cfg.paths.output_dir = output_dir
+        return to_plain(cfg)
+
+    return _compose_plain

@@ -18,7 +18,7 @@ from vitmemad.data import (
     BTAD_PRODUCTS, DEMO_CATEGORIES, MVTEC_CATEGORIES, BTADDataModule, DatasetError, DemoDataModule,
     FolderDataModule, MVTecDataModule, collate, generate_demo, load_image, load_mask, write_demo_dataset,
 )
-from vitmemad.data import base as data_base
+from vitmemad.data import dataset as data_dataset
 from vitmemad.data import io as data_io
 
 S = 16  # model input size used by most tests
@@ -147,8 +147,8 @@ def test_mvtec_small_train_set_keeps_last_batch(tmp_path):
 
 def test_mvtec_cache_decodes_each_file_once(tmp_path, monkeypatch):
     calls = []
-    real = data_base.load_image
-    monkeypatch.setattr(data_base, "load_image", lambda p: calls.append(p) or real(p))
+    real = data_dataset.load_image
+    monkeypatch.setattr(data_dataset, "load_image", lambda p: calls.append(p) or real(p))
     dm = MVTecDataModule(root=make_mvtec(tmp_path), category="widget", image_size=S, batch_size=4)
     loader = dm.train_dataloader()
     epochs = [[p for b in loader for p in b["path"]] for _ in range(4)]

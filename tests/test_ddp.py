@@ -18,15 +18,15 @@ def single_process_test(ckpt_path: str) -> dict:
     import lightning as L
 
     from vitmemad import pipeline
-    from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
-    from vitmemad.models.lightning_module import AnomalyModule
+    from vitmemad.build import build_datamodule
+    from vitmemad.callbacks import MemoryDiagnostics
+    from vitmemad.checkpoint import load_checkpoint, module_from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
-    cfg = ckpt["hyper_parameters"]["cfg"]
-    module = AnomalyModule(cfg)
-    load_state_dict_strict(module, ckpt["state_dict"], ckpt_path)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.test(module, datamodule=pipeline.build_datamodule(cfg["data"]), verbose=False)
+    module, cfg = module_from_checkpoint(ckpt_path)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[MemoryDiagnostics()])  # metrics.json's memory statistics, as vitmemad.eval
+    trainer.test(module, datamodule=build_datamodule(cfg["data"]), verbose=False)
     record = pipeline.metrics_record(cfg, module, epochs=int(ckpt["epoch"]) + 1, train_seconds=None, ckpt_path=ckpt_path)
     return json.loads(json.dumps(record))  # as written to metrics.json
 

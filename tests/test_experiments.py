@@ -8,23 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-import vitmemad.train  # noqa: F401  (registers the ${vitmemad.sweep:...} resolver, as the CLI does)
 from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
 from vitmemad.data import BTAD_PRODUCTS, DEMO_CATEGORIES, MVTEC_CATEGORIES
 from vitmemad.paper import ABLATIONS
 
-CONF = str(REPO_ROOT / "conf")
 TABLES = ("table3_mvtec_image", "table4_mvtec_pixel", "table5_btad", "table6_ablation")
 
 
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
+@pytest.fixture
+def compose_cfg(compose):
+    """The train config with its hydra node (sweeper, launcher, run dirs)."""
+    return lambda *overrides: compose(*overrides, hydra_config=True)
 
 
 def sweep_values(cfg, key: str) -> list:
@@ -38,7 +36,7 @@ def sweep_values(cfg, key: str) -> list:
 
 
 @pytest.mark.parametrize("data,expected", [("mvtec", MVTEC_CATEGORIES), ("btad", BTAD_PRODUCTS), ("demo", DEMO_CATEGORIES)])
-def test_categories_all_sweeps_every_category_of_the_dataset(data, expected):
+def test_categories_all_sweeps_every_category_of_the_dataset(compose_cfg, data, expected):
     cfg = compose_cfg(f"data={data}", "categories=all")
     assert list(cfg.data.categories) == list(expected)
     values = sweep_values(cfg, "data.category")
@@ -46,17 +44,18 @@ def test_categories_all_sweeps_every_category_of_the_dataset(data, expected):
     assert all(isinstance(v, str) for v in values)  # BTAD "01" stays a string, not the int 1
 
 
-def test_categories_can_be_narrowed_on_the_command_line():
+def test_categories_can_be_narrowed_on_the_command_line(compose_cfg):
     cfg = compose_cfg("data=mvtec", "categories=all", "data.categories=[bottle,cable]")
     assert sweep_values(cfg, "data.category") == ["bottle", "cable"]
 
 
 @pytest.mark.parametrize("name", TABLES)
-def test_paper_table_experiments_use_the_full_settings(name):
+def test_paper_table_experiments_use_the_full_settings(compose_cfg, name):
     cfg = compose_cfg(f"experiment={name}")
     assert cfg.hydra.mode == RunMode.MULTIRUN  # the experiment is its own sweep, -m or not
-    assert cfg.model.kind == "vitmemad" and cfg.model.image_size == 384 and cfg.model.epochs == 200
-    assert cfg.model.encoder.embed_dim == 768 and cfg.model.optimizer.lr == 2e-4 and cfg.model.batch_size == 8
+    assert cfg.model.net._target_ == "vitmemad.models.ViTMemAE" and cfg.data.image_size == 384
+    assert cfg.trainer.max_epochs == 200 and cfg.model.net.encoder.image_size == 384
+    assert cfg.model.net.encoder.embed_dim == 768 and cfg.model.optimizer.lr == 2e-4 and cfg.data.batch_size == 8
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
     assert cfg.loss.lambda_ent == 0.001
     dataset = "btad" if name == "table5_btad" else "mvtec"
@@ -76,12 +75,13 @@ def test_paper_table_experiments_use_the_full_settings(name):
 
 
 @pytest.mark.parametrize("name", TABLES)
-def test_smoke_variants_run_the_same_sweep_small_on_the_cpu(name):
+def test_smoke_variants_run_the_same_sweep_small_on_the_cpu(compose_cfg, name):
     full, smoke = compose_cfg(f"experiment={name}"), compose_cfg(f"experiment={name}_smoke")
     assert smoke.hydra.mode == RunMode.MULTIRUN
     assert smoke.data.name == "demo" and smoke.trainer.accelerator == "cpu" and smoke.trainer.precision == "32-true"
-    assert smoke.model.image_size <= 128 and smoke.model.epochs <= 5 and smoke.data.n_train <= 100
-    assert smoke.model.encoder.embed_dim <= 192 and smoke.model.encoder.depth <= 4
+    assert smoke.data.image_size <= 128 and smoke.trainer.max_epochs <= 5 and smoke.data.n_train <= 100
+    assert smoke.model.net.encoder.image_size == smoke.data.image_size
+    assert smoke.model.net.encoder.embed_dim <= 192 and smoke.model.net.encoder.depth <= 4
     if name == "table6_ablation":  # the 4 variants on one demo texture (categories=all adds the other two)
         assert set(smoke.hydra.sweeper.params) == {"ablation"} and smoke.data.category == "brick"
         assert sweep_values(smoke, "ablation") == list(ABLATIONS)
@@ -92,7 +92,7 @@ def test_smoke_variants_run_the_same_sweep_small_on_the_cpu(name):
 
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
-def test_slurm_launcher_composes_with_a_paper_table(launcher, tmp_path, monkeypatch):
+def test_slurm_launcher_composes_with_a_paper_table(compose_cfg, launcher, tmp_path, monkeypatch):
     cfg = compose_cfg("experiment=table6_ablation", f"hydra/launcher={launcher}", "hydra.launcher.partition=gpu",
                       "hydra.sweep.dir=/tmp/sweep")
     launcher_cfg = cfg.hydra.launcher
@@ -153,22 +153,26 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["vitmemad_real", "cae"])
-def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(model):
-    """Issue #5: `experiment=cpu_real model=cae` trains with the same schedule (epochs, batch, warm-up), input
+def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(compose_cfg, model):
+    """`experiment=cpu_real model=cae` trains with the same schedule (epochs, batch, warm-up), input
     corruption and map."""
     overrides = ["experiment=cpu_real"] + (["model=cae"] if model == "cae" else [])
     cfg = compose_cfg(*overrides)
     assert cfg.hydra.runtime.choices.model == model
-    assert (cfg.model.epochs, cfg.model.batch_size, cfg.data.batch_size) == (150, 8, 8)
-    assert (cfg.model.optimizer.warmup_epochs, cfg.model.optimizer.scheduler) == (5, "cosine")
+    assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (150, 8)
+    assert cfg.model.scheduler._target_ == "vitmemad.models.schedule.warmup_cosine"
+    assert (cfg.model.scheduler.warmup_epochs, cfg.model.scheduler.cosine) == (5, True)
     assert cfg.model.optimizer.lr == (2e-3 if model == "vitmemad_real" else 1e-3)  # each model's best on validation
     assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 6.0)
     assert cfg.data.augment is True and cfg.trainer.accelerator == "cpu"
-    assert (cfg.corruption.mode, cfg.corruption.probability) == ("patch_swap", 0.5)  # the same denoising objective
+    # the same denoising objective, handed to the module
+    assert (cfg.corruption._target_, cfg.corruption.probability) == ("vitmemad.models.PatchSwap", 0.5)
+    assert cfg.model.corruption == cfg.corruption
     if model == "vitmemad_real":  # the CPU preset, deeper, with memory items scaled to the 8 x 8 token positions
         base = compose_cfg()
-        assert cfg.model.memory.size == 400 and base.model.memory.size == 100
-        assert (cfg.model.encoder.depth, base.model.encoder.depth) == (8, 4)
-        assert {**cfg.model.encoder, "depth": 4} == base.model.encoder and cfg.model.image_size == base.model.image_size == 128
+        assert cfg.model.net.memory.size == 400 and base.model.net.memory.size == 100
+        assert (cfg.model.net.encoder.depth, base.model.net.encoder.depth) == (8, 4)
+        assert {**cfg.model.net.encoder, "depth": 4} == base.model.net.encoder
+        assert cfg.data.image_size == base.data.image_size == 128
     else:
-        assert "memory" not in cfg.model
+        assert "memory" not in cfg.model.net and cfg.model.net._target_ == "vitmemad.models.ConvAutoencoder"

@@ -11,10 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import TINY_DEMO, read_metrics, run_module
+from vitmemad.build import build_module
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.export import benchmark_inference, export, export_onnx, onnx_session
 from vitmemad.inference import calibrated_thresholds, image_size_of, load_module
-from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.models import AnomalyModule
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,16 @@ def test_ssim_anomaly_maps_export(tmp_path, ckpt, source):
     raw = load_checkpoint(ckpt)
     cfg = raw["hyper_parameters"]["cfg"]
     cfg["anomaly_map"] = {**cfg["anomaly_map"], "source": source}
-    module = AnomalyModule(cfg)
+    cfg["model"]["anomaly_map"] = {**cfg["model"]["anomaly_map"], "source": source}  # the module's copy
+    module = build_module(cfg["model"])
     load_state_dict_strict(module, raw["state_dict"], ckpt)
+    module.run_config = cfg  # as load_module sets it: the ONNX metadata come from it
     module.eval()
+    assert module.anomaly_map.source == source
     info = export_onnx(module, tmp_path / "ssim.onnx")
     assert info["max_abs_diff"] <= 1e-4 and info["verified_batch_sizes"] == [1, 3]
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "ssim.onnx")).metadata_props}
+    assert f'"source": "{source}"' in meta["vitmemad.anomaly_map"] and "_target_" not in meta["vitmemad.anomaly_map"]
     assert_matches_torch(tmp_path / "ssim.onnx", module)
     with pytest.raises(FileExistsError, match="already exists"):
         export_onnx(module, tmp_path / "ssim.onnx")

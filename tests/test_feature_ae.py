@@ -3,33 +3,42 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from helpers import REPO_ROOT, read_metrics, run_module
-from vitmemad.models.feature_ae import FeatureMemAE
-from vitmemad.models.lightning_module import AnomalyModule
-from vitmemad.models.memory import MemoryModule
+from helpers import read_metrics, run_module
+from vitmemad.build import build_module
+from vitmemad.config import net_parts
+from vitmemad.models import CoordinateAttention, FeatureMemAE, MemoryModule, ReconstructionModule
+from vitmemad.pipeline import ablation_name
 
-CONF = str(REPO_ROOT / "conf")
-SMALL = ["model=vitmemad_feat", "model.image_size=64", "model.batch_size=4", "model.encoder.embed_dim=32",
-         "model.decoder.channels=[32]", "model.memory.size=16"]
+# old spellings (model.image_size, model.batch_size, model.memory.size) are rewritten to the new keys
+SMALL = ["model=vitmemad_feat", "model.image_size=64", "model.batch_size=4", "model.net.embed_dim=32",
+         "model.net.decoder_channels=[32]", "model.memory.size=16"]
 
 
-def compose_train(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    cfg.paths.output_dir = "/tmp/unused"
-    return OmegaConf.to_container(cfg, resolve=True)
+def small_net(**kwargs) -> FeatureMemAE:
+    """D=16 with a memory of 8 items and coordinate attention, as the preset's parts (temperature 0.1, cosine)."""
+    parts = {"memory": MemoryModule(8, 16, temperature=0.1, init="features"),
+             "coord_attention": CoordinateAttention(16, 8)}
+    return FeatureMemAE(embed_dim=16, decoder_channels=[16], **{**parts, **kwargs})
+
+
+def test_small_overrides_reach_the_parts(compose_plain):
+    cfg = compose_plain(*SMALL)
+    net = cfg["model"]["net"]
+    assert cfg["data"]["image_size"] == net["image_size"] == 64 and cfg["data"]["batch_size"] == 4
+    assert net["embed_dim"] == net["memory"]["dim"] == net["coord_attention"]["channels"] == 32
+    assert net["memory"]["size"] == 16 and net["decoder_channels"] == [32]
 
 
 @pytest.mark.parametrize("ablation, memory, ca", [("base", False, False), ("m", True, False), ("ca", False, True),
                                                   ("m_ca", True, True)])
-def test_each_ablation_trains_a_step(ablation, memory, ca):
+def test_each_ablation_trains_a_step(compose_plain, ablation, memory, ca):
     torch.manual_seed(0)
-    module = AnomalyModule(compose_train(*SMALL, f"ablation={ablation}"))
-    model = module.model
-    assert isinstance(model, FeatureMemAE) and module.uses_ablation
+    cfg = compose_plain(*SMALL, f"ablation={ablation}")
+    module = build_module(cfg["model"])
+    model = module.net
+    assert isinstance(module, ReconstructionModule) and isinstance(model, FeatureMemAE)
+    assert net_parts(cfg) == {"memory", "coord_attention"} and ablation_name(cfg) == ablation
     assert (model.memory is not None, model.coord_attention is not None) == (memory, ca)
     images = torch.rand(4, 3, 64, 64) * 2 - 1
     module.train()
@@ -38,7 +47,8 @@ def test_each_ablation_trains_a_step(ablation, memory, ca):
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     losses = []
     for _ in range(5):
-        terms, out = module._loss(images)
+        out = module(images)
+        terms = module.validation_terms(images, out)  # the training loss: ReconstructionLoss.terms
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
@@ -60,7 +70,7 @@ def test_each_ablation_trains_a_step(ablation, memory, ca):
 
 def test_anomaly_map_is_the_feature_distance():
     torch.manual_seed(0)
-    model = FeatureMemAE(embed_dim=16, decoder_channels=[16], memory_size=8, image_size=64).eval()
+    model = small_net(image_size=64).eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     out = model(x)
     target = model.target_features(x)
@@ -74,7 +84,7 @@ def test_anomaly_map_is_the_feature_distance():
 
 def test_memory_init_from_features_sets_the_statistics_first():
     torch.manual_seed(0)
-    model = FeatureMemAE(embed_dim=16, decoder_channels=[16], memory_size=8, memory_init="features")
+    model = small_net()
     assert isinstance(model.memory, MemoryModule) and not bool(model.memory.initialized)
     model.eval()
     assert model.initialize_memory(torch.rand(2, 3, 64, 64) * 2 - 1)
@@ -85,6 +95,8 @@ def test_memory_init_from_features_sets_the_statistics_first():
     ({"image_size": 72}, "multiple of 16"),
     ({"downsample": 2, "decoder_channels": [16]}, "one width per"),
     ({"embed_dim": 0}, "embed_dim"),
+    ({"memory": MemoryModule(8, 32)}, "32 channels"),  # parts must work on embed_dim channels
+    ({"coord_attention": CoordinateAttention(24, 8)}, "24 channels"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -92,7 +104,7 @@ def test_bad_settings_are_clear_errors(kwargs, match):
 
 
 def test_vitmemad_feat_through_train(tmp_path):
-    run_module("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1", "data.n_train=16", "data.n_test_good=4",
+    run_module("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1",  # old spelling of trainer.max_epochs "data.n_train=16", "data.n_test_good=4",
                "data.n_test_defect=4", "data.crop_size=64", f"hydra.run.dir={tmp_path}", "num_threads=1")
     metrics = read_metrics(tmp_path)
     assert metrics["model"] == "vitmemad_feat" and metrics["ablation"] == "base"

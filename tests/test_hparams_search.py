@@ -7,23 +7,23 @@ from collections import Counter
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-import vitmemad.train  # noqa: F401  (resolvers, as the CLI)
-from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_module
+from vitmemad.callbacks.labelled_validation import check_optimized_metric
 from vitmemad.data import DemoDataModule, DatasetError, Sample
-from vitmemad.data.labelled_split import LabelledSplitDataModule, check_optimized_metric, stratified_split, wrap
+from vitmemad.data.labelled_split import stratified_split
+from vitmemad.errors import ConfigError
 
-CONF = str(REPO_ROOT / "conf")
-GRID = {"loss.lambda_ssim", "loss.lambda_ent", "model.memory.size"}
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
+GRID = {"loss.lambda_ssim", "loss.lambda_ent", "model.net.memory.size"}
 
 
-def test_grid_selects_on_a_normal_only_metric_that_does_not_depend_on_the_lambdas():
+@pytest.fixture
+def compose_cfg(compose):
+    """The train config with its hydra node (sweeper, callbacks)."""
+    return lambda *overrides: compose(*overrides, hydra_config=True)
+
+
+def test_grid_selects_on_a_normal_only_metric_that_does_not_depend_on_the_lambdas(compose_cfg):
     cfg = compose_cfg("hparams_search=lambda_grid")
     assert cfg.hydra.sweeper._target_.endswith("BasicSweeper") and set(cfg.hydra.sweeper.params) == GRID
     assert cfg.optimized_metric == "val/recon_unweighted" and cfg.data.labelled_val_fraction is None
@@ -32,7 +32,7 @@ def test_grid_selects_on_a_normal_only_metric_that_does_not_depend_on_the_lambda
 
 
 @pytest.mark.parametrize("name", ["lambda_grid_labelled", "lambda_optuna"])
-def test_labelled_searches_maximise_validation_auroc(name):
+def test_labelled_searches_maximise_validation_auroc(compose_cfg, name):
     cfg = compose_cfg(f"hparams_search={name}")
     assert cfg.optimized_metric == "val/image_AUROC" and cfg.data.labelled_val_fraction == 0.5
     assert cfg.hydra.callbacks.search_summary.direction == "maximize" and cfg.test_ckpt is None
@@ -46,7 +46,7 @@ def test_labelled_searches_maximise_validation_auroc(name):
 
 
 def test_selecting_on_validation_auroc_needs_the_labelled_split():
-    with pytest.raises(ValueError, match="labelled_val_fraction"):
+    with pytest.raises(ConfigError, match="labelled_val_fraction"):
         check_optimized_metric("val/image_AUROC", {"labelled_val_fraction": None})
     check_optimized_metric("val/image_AUROC", {"labelled_val_fraction": 0.5})
     check_optimized_metric("val/loss", {})
@@ -77,25 +77,29 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_the_defect_mix():
         stratified_split(samples, 1.0, seed=0)
 
 
-def test_wrapped_datamodule_tests_only_the_test_half():
-    inner = DemoDataModule(image_size=32, batch_size=4, crop_size=32, n_train=8, n_test_good=6, n_test_defect=6)
-    assert wrap(inner, {"labelled_val_fraction": None}) is inner
-    dm = wrap(inner, {"labelled_val_fraction": 0.5, "labelled_val_seed": 0})
-    assert isinstance(dm, LabelledSplitDataModule) and dm.has_masks and dm.category == "brick"
+def test_labelled_split_datamodule_tests_only_the_test_half():
+    small = dict(image_size=32, batch_size=4, crop_size=32, n_train=8, n_test_good=6, n_test_defect=6)
+    plain = DemoDataModule(**small)
+    assert plain.labelled_val_dataloader() is None and plain.num_test_images == 12  # no split unless asked for
+    dm = DemoDataModule(**small, labelled_val_fraction=0.5, labelled_val_seed=0)
     dm.setup("fit")
     val_paths = {p for b in dm.labelled_val_dataloader() for p in b["path"]}
     test_paths = {p for b in dm.test_dataloader() for p in b["path"]}
     train_paths = {p for b in dm.train_dataloader() for p in b["path"]} | {p for b in dm.val_dataloader() for p in b["path"]}
     assert len(val_paths) == len(test_paths) == 6 and not val_paths & test_paths
-    assert val_paths | test_paths == {s.path for s in inner.samples()[1]}
+    assert val_paths | test_paths == {s.path for s in dm.samples()[1]} == {s.path for s in plain.samples()[1]}
     assert not train_paths & (val_paths | test_paths)
     assert dm.num_test_images == 6
+    again = DemoDataModule(**small, labelled_val_fraction=0.5, labelled_val_seed=0)  # the same halves every run
+    assert {p for b in again.labelled_val_dataloader() for p in b["path"]} == val_paths
+    with pytest.raises(DatasetError, match="labelled_val_fraction"):
+        DemoDataModule(**small, labelled_val_fraction=1.5)
 
 
 def test_tiny_labelled_grid_ranks_jobs_by_validation_auroc_and_never_tests(tmp_path):
     sweep = tmp_path / "sweep"
     run_module("vitmemad.train", "hparams_search=lambda_grid_labelled", "loss.lambda_ssim=0.5,1.0",
-               "loss.lambda_ent=0.001", "model.memory.size=16", *TINY_DEMO, "trainer.max_epochs=2",
+               "loss.lambda_ent=0.001", "model.memory.size=16",  # old spelling of a grid key *TINY_DEMO, "trainer.max_epochs=2",
                f"hydra.sweep.dir={sweep}", timeout=240)
     with open(sweep / "search_results.csv") as f:
         rows = list(csv.DictReader(f))

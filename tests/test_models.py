@@ -17,7 +17,20 @@ from vitmemad.models.memory import MemoryModule, hard_shrink_relu
 from vitmemad.models.vitmemad import ViTMemAE
 
 torch.manual_seed(0)
-SMALL = dict(image_size=64, embed_dim=32, depth=2, num_heads=4, decoder_channels=(32, 16, 16, 8, 8))
+
+
+def vit(image_size: int = 64, patch_size: int = 16, embed_dim: int = 32, depth: int = 2, num_heads: int = 4,
+        decoder_channels=(32, 16, 16, 8, 8), memory: bool = True, coord_attention: bool = True,
+        memory_size: int = 100, memory_init: str = "random", ca_reduction: int = 32) -> ViTMemAE:
+    """A small ViTMemAE assembled from its parts, as conf/model/vitmemad_*.yaml instantiates it."""
+    encoder = ViTEncoder(image_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                         num_heads=num_heads)
+    return ViTMemAE(
+        encoder=encoder,
+        decoder=TransposedConvDecoder(embed_dim, decoder_channels, patch_size=patch_size),
+        memory=MemoryModule(memory_size, embed_dim, init=memory_init) if memory else None,
+        coord_attention=CoordinateAttention(embed_dim, ca_reduction) if coord_attention else None,
+    )
 
 
 def test_encoder_returns_patch_feature_map_without_cls():
@@ -52,7 +65,7 @@ def test_hard_shrinkage_matches_eq10_and_renormalises():
 
 
 def test_memory_weights_sum_to_one_and_zero_items_below_lambda():
-    mem = MemoryModule(num_items=20, dim=16, temperature=0.1)
+    mem = MemoryModule(size=20, dim=16, temperature=0.1)
     f = torch.randn(3, 16, 5, 5)
     out, w = mem(f)
     assert out.shape == f.shape and w.shape == (3, 25, 20)
@@ -83,6 +96,11 @@ def test_memory_dot_addressing_and_bad_options():
         MemoryModule(10, 8, addressing="l2")
     with pytest.raises(ValueError, match="temperature"):
         MemoryModule(10, 8, temperature=0)
+    with pytest.raises(ValueError, match="memory.size"):
+        MemoryModule(0, 8)
+    with pytest.raises(ValueError, match="memory.init"):
+        MemoryModule(10, 8, init="zeros")
+    assert MemoryModule(size=10, dim=8).shrink_threshold == pytest.approx(0.1)  # lambda = 1/N by default
 
 
 def test_coordinate_attention_preserves_shape_and_is_position_aware():
@@ -113,7 +131,7 @@ def test_smaller_patch_keeps_six_layers_and_upsamples_by_the_patch():
     dec = TransposedConvDecoder(64, (32, 16, 16, 8, 8), patch_size=8)
     strides = [m.stride[0] for m in dec.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert strides == [2, 2, 2, 1, 1, 1]
-    model = ViTMemAE(**SMALL, patch_size=8, memory_size=10)
+    model = vit(patch_size=8, memory_size=10)
     assert model.encoder.grid == 8
     out = model(torch.randn(2, 3, 64, 64))
     assert out["reconstruction"].shape == (2, 3, 64, 64) and out["memory_weights"].shape == (2, 64, 10)
@@ -122,12 +140,23 @@ def test_smaller_patch_keeps_six_layers_and_upsamples_by_the_patch():
 @pytest.mark.parametrize("patch_size", [12, 1, 128])
 def test_patch_size_that_the_decoder_cannot_undo_is_refused(patch_size):
     with pytest.raises(ValueError, match="model.encoder.patch_size must be a power of two"):
-        ViTMemAE(**{**SMALL, "image_size": 384}, patch_size=patch_size)
+        vit(image_size=384, patch_size=patch_size)
+
+
+def test_parts_that_do_not_fit_the_encoder_are_refused():
+    encoder = ViTEncoder(image_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=4)
+    with pytest.raises(ValueError, match="decoder undoes patches of 8 px"):
+        ViTMemAE(encoder, TransposedConvDecoder(32, (32, 16, 16, 8, 8), patch_size=8))
+    decoder = TransposedConvDecoder(32, (32, 16, 16, 8, 8))
+    with pytest.raises(ValueError, match="memory works on 16 channels"):
+        ViTMemAE(encoder, decoder, memory=MemoryModule(10, 16))
+    with pytest.raises(ValueError, match="coord_attention works on 48 channels"):
+        ViTMemAE(encoder, decoder, coord_attention=CoordinateAttention(48))
 
 
 @pytest.mark.parametrize("memory,ca", [(False, False), (True, False), (False, True), (True, True)])
 def test_ablation_variants(memory, ca):
-    model = ViTMemAE(**SMALL, use_memory=memory, use_coord_attention=ca, memory_size=10)
+    model = vit(memory=memory, coord_attention=ca, memory_size=10)
     assert (model.memory is not None) == memory and (model.coord_attention is not None) == ca
     out = model(torch.randn(2, 3, 64, 64))
     assert out["reconstruction"].shape == (2, 3, 64, 64)
@@ -191,7 +220,7 @@ def test_ssim_map_is_one_for_identical_images():
 
 
 def test_memory_feature_initialisation_samples_queries_once():
-    model = ViTMemAE(**SMALL, memory_size=10, memory_init="features")
+    model = vit(memory_size=10, memory_init="features")
     assert not bool(model.memory.initialized)
     x = torch.randn(2, 3, 64, 64)
     assert model.initialize_memory(x, torch.Generator().manual_seed(0))
@@ -202,11 +231,12 @@ def test_memory_feature_initialisation_samples_queries_once():
     before = model.memory.items.detach().clone()
     assert not model.initialize_memory(torch.randn(2, 3, 64, 64))  # only once; the flag is saved
     assert torch.equal(before, model.memory.items) and "memory.initialized" in model.state_dict()
-    assert not ViTMemAE(**SMALL, memory_size=10).initialize_memory(x)  # init="random": nothing to do
+    assert not vit(memory_size=10).initialize_memory(x)  # init="random": nothing to do
+    assert not vit(memory=False).initialize_memory(x)  # no memory: nothing to do
 
 
 def test_dead_memory_items_restart_onto_recent_queries():
-    mem = MemoryModule(num_items=8, dim=4, temperature=0.05)
+    mem = MemoryModule(size=8, dim=4, temperature=0.05)
     mem.usage_momentum = 0.0  # usage = this batch's share
     with torch.no_grad():
         mem.items.copy_(torch.eye(4).repeat(2, 1))
@@ -247,50 +277,26 @@ def test_patch_swap_pastes_batch_content_into_bounded_rectangles():
 
 
 @pytest.mark.parametrize(
-    "cfg, key",
-    [({"mode": "cutout"}, "corruption.mode"), ({"mode": "patch_swap", "probability": 2.0}, "corruption.probability"),
-     ({"mode": "patch_swap", "min_size": 0.5, "max_size": 0.2}, "min_size")],
+    "kwargs, key",
+    [({"probability": 2.0}, "corruption.probability"), ({"max_patches": 0}, "corruption.max_patches"),
+     ({"min_size": 0.5, "max_size": 0.2}, "min_size")],
 )
-def test_bad_corruption_settings_name_the_key(cfg, key):
-    from vitmemad.models.corruption import build_corruption
+def test_bad_corruption_settings_name_the_key(kwargs, key):
+    from vitmemad.models.corruption import PatchSwap
 
     with pytest.raises(ValueError, match=key):
-        build_corruption(cfg)
-    assert build_corruption({"mode": "none"}) is None and build_corruption(None) is None
+        PatchSwap(**kwargs)
 
 
-def test_position_aware_memory_prefers_the_items_of_the_querys_place():
-    from vitmemad.models.memory import gaussian_position_codes
+def test_corruption_configs_instantiate(compose_plain):
+    """corruption=none is no corruption (null); corruption=patch_swap the PatchSwap; no other option exists."""
+    import hydra
+    from hydra.errors import MissingConfigException
 
-    big = gaussian_position_codes((8, 8), sigma=1.0)
-    centre = big[3 * 8 + 3] @ big.t()  # away from the border: exp(-d^2 / (4 sigma^2))
-    assert abs(centre[3 * 8 + 4] - math.exp(-1 / 4)) < 1e-3 and abs(centre[5 * 8 + 3] - math.exp(-1)) < 1e-3
-    codes = gaussian_position_codes((4, 4), sigma=1.0)
-    assert (codes @ codes.t())[0, 15] < 0.02
-    torch.manual_seed(0)
-    mem = MemoryModule(2, 8, temperature=0.1, position_weight=1.0, grid=(4, 4))
-    queries = torch.randn(1, 16, 8)
-    queries[0, 15] = queries[0, 0]  # the same content at opposite corners
-    with torch.no_grad():  # two items with the same content, placed at positions 0 and 15
-        mem.items.copy_(queries[0, [0, 0]])
-        mem.item_positions.copy_(codes[[0, 15]])
-    weights = mem.address(queries)
-    assert weights[0, 0, 0] > 0.99 and weights[0, 15, 1] > 0.99  # same content: each place picks its own item
-    plain = MemoryModule(2, 8, temperature=0.1)
-    with torch.no_grad():
-        plain.items.copy_(mem.items)
-    assert torch.allclose(plain.address(queries)[0, 0], plain.address(queries)[0, 15])  # content alone cannot tell
-    with pytest.raises(ValueError, match="token positions"):
-        mem.address(torch.randn(1, 9, 8))
-    with pytest.raises(ValueError, match="position_weight"):
-        MemoryModule(2, 8, position_weight=1.0)
+    from vitmemad.models.corruption import PatchSwap
 
-
-def test_position_aware_items_start_at_the_place_of_their_query():
-    model = ViTMemAE(**SMALL, memory_size=6, memory_init="features", memory_position_weight=1.0)
-    grid = model.encoder.grid
-    model.initialize_memory(torch.randn(2, 3, 64, 64), torch.Generator().manual_seed(1))
-    codes = model.memory.position_codes
-    # every item's position code is one of the grid's codes (the place its query came from)
-    match = (model.memory.item_positions @ codes.t()).amax(dim=1)
-    assert torch.allclose(match, torch.ones(6), atol=1e-5) and codes.shape == (grid * grid, grid * grid)
+    assert compose_plain()["corruption"] is None
+    swap = hydra.utils.instantiate(compose_plain("corruption=patch_swap")["corruption"])
+    assert isinstance(swap, PatchSwap) and (swap.probability, swap.max_patches) == (0.5, 3)
+    with pytest.raises(MissingConfigException, match="cutout"):
+        compose_plain("corruption=cutout")

@@ -161,6 +161,20 @@ def test_max_bank_caps_the_bank():
 
 
 # ----------------------------------------------------------------------------- through the pipeline
+def test_patchcore_config_builds_a_patchcore_module(compose_plain):
+    from vitmemad.build import build_module
+    from vitmemad.models import PatchCoreModule
+
+    cfg = compose_plain(*TINY_PATCHCORE)  # old spellings: model.image_size, model.batch_size
+    assert (cfg["data"]["image_size"], cfg["data"]["batch_size"]) == (128, 8)
+    assert cfg["data"]["drop_last"] is False and cfg["trainer"]["max_epochs"] == 1  # every image, one epoch
+    assert cfg["model"]["net"]["seed"] == cfg["seed"] and cfg["model"]["anomaly_map"] == cfg["anomaly_map"]
+    module = build_module(cfg["model"])
+    assert isinstance(module, PatchCoreModule) and isinstance(module.net, PatchCore)
+    assert module.configure_optimizers() is None and module.net.memory_bank.shape == (0, 152)
+    assert module.net.coreset_ratio == cfg["model"]["net"]["coreset_ratio"] == 0.1
+
+
 @pytest.fixture(scope="module")
 def patchcore_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("patchcore_run")
@@ -178,7 +192,7 @@ def test_patchcore_trains_and_tests_on_the_demo(patchcore_run):
     assert metrics["image_AUROC"] > 0.75 and metrics["pixel_AUROC"] > 0.85
     assert (patchcore_run / "examples.png").is_file()
     ckpt = load_checkpoint(patchcore_run / "checkpoints" / "last.ckpt")
-    bank = ckpt["state_dict"]["model.memory_bank"]
+    bank = ckpt["state_dict"]["net.memory_bank"]
     # every one of the 22 training crops (24 minus the 10 % validation hold-out) went into the bank
     train_patches = 22 * 16 * 16
     assert bank.shape == (round(0.1 * train_patches), 152)

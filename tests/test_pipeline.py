@@ -4,62 +4,82 @@ from __future__ import annotations
 import csv
 import math
 
+from types import SimpleNamespace
+
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_module
+from vitmemad.build import DATA_METADATA, build_datamodule, build_module
 from vitmemad.checkpoint import load_checkpoint
 from vitmemad.data import DemoDataModule, collate
-from vitmemad.models.lightning_module import AnomalyModule, WarmupCosine
-from vitmemad.pipeline import DATA_CONFIG_ONLY
+from vitmemad.models import PatchSwap, ReconstructionModule
+from vitmemad.models.schedule import WarmupCosine, warmup_cosine
 
-CONF = str(REPO_ROOT / "conf")
 CONTRACT_KEYS = {
     "image_AUROC", "pixel_AUROC", "PRO", "category", "model", "ablation", "seed", "epochs",
     "train_seconds", "ckpt_path", "per_defect", "provenance",
 }
 
 
-def compose_train(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
-    cfg.paths.output_dir = "/tmp/unused"
-    return OmegaConf.to_container(cfg, resolve=True)
+#: each preset's (image size, batch size, epochs): a preset sets data.image_size, data.batch_size, trainer.max_epochs
+PRESETS = {"vitmemad_cpu": (128, 16, 45), "vitmemad_paper": (384, 8, 200), "cae": (128, 16, 30)}
+
+
+def demo_datamodule(data_cfg: dict) -> DemoDataModule:
+    dm = build_datamodule(data_cfg)
+    assert isinstance(dm, DemoDataModule) and not set(DATA_METADATA) & set(vars(dm))
+    return dm
+
+
+def configure_optimizers(module, steps: int = 5, epochs: int = 1):
+    """``configure_optimizers`` as the trainer calls it (it reads the step and epoch counts from the trainer)."""
+    module._trainer = SimpleNamespace(estimated_stepping_batches=steps, max_epochs=epochs)
+    try:
+        return module.configure_optimizers()
+    finally:
+        module._trainer = None
 
 
 @pytest.mark.parametrize("model", ["vitmemad_cpu", "vitmemad_paper", "cae"])
 @pytest.mark.parametrize("data", ["demo", "mvtec", "btad", "folder"])
-def test_every_model_and_dataset_config_composes(model, data):
+def test_every_model_and_dataset_config_composes(compose_plain, model, data):
     extra = ["data.normal_dir=a", "data.abnormal_dir=b"] if data == "folder" else []
-    cfg = compose_train(f"model={model}", f"data={data}", *extra)
-    assert cfg["data"]["image_size"] == cfg["model"]["image_size"]
-    assert cfg["trainer"]["max_epochs"] == cfg["model"]["epochs"]
+    cfg = compose_plain(f"model={model}", f"data={data}", *extra)
+    net = cfg["model"]["net"]
+    image_size, batch_size, epochs = PRESETS[model]
+    assert cfg["data"]["image_size"] == (net["encoder"] if "encoder" in net else net)["image_size"] == image_size
+    assert (cfg["data"]["batch_size"], cfg["trainer"]["max_epochs"]) == (batch_size, epochs)
     assert cfg["ablation"]["name"] == "m_ca"
+    assert cfg["model"]["_target_"] == "vitmemad.models.ReconstructionModule"
+    assert cfg["model"]["loss"] == cfg["loss"] and cfg["model"]["anomaly_map"] == cfg["anomaly_map"]
 
 
-def test_btad_product_stays_a_string():
-    assert compose_train("data=btad")["data"]["category"] == "01"
+def test_btad_product_stays_a_string(compose_plain):
+    assert compose_plain("data=btad")["data"]["category"] == "01"
 
 
-def test_paper_preset_has_the_papers_settings():
-    cfg = compose_train("model=vitmemad_paper")
-    m = cfg["model"]
-    assert (m["image_size"], m["encoder"]["patch_size"], m["encoder"]["embed_dim"], m["encoder"]["num_heads"]) == (384, 16, 768, 8)
-    assert (m["batch_size"], m["epochs"], m["optimizer"]["lr"]) == (8, 200, 2e-4)
-    assert (m["memory"]["addressing"], m["memory"]["temperature"]) == ("cosine", 1.0)
+def test_paper_preset_has_the_papers_settings(compose_plain):
+    cfg = compose_plain("model=vitmemad_paper")
+    m, enc = cfg["model"], cfg["model"]["net"]["encoder"]
+    assert (cfg["data"]["image_size"], enc["patch_size"], enc["embed_dim"], enc["num_heads"]) == (384, 16, 768, 8)
+    assert enc["image_size"] == 384
+    assert (cfg["data"]["batch_size"], cfg["trainer"]["max_epochs"], m["optimizer"]["lr"]) == (8, 200, 2e-4)
+    assert (m["net"]["memory"]["addressing"], m["net"]["memory"]["temperature"]) == ("cosine", 1.0)
     assert (cfg["loss"]["lambda_recon"], cfg["loss"]["lambda_ent"]) == (1.0, 0.001)
+    assert (m["loss"]["lambda_recon"], m["loss"]["lambda_ent"]) == (1.0, 0.001)
 
 
-def test_one_batch_training_step_reduces_the_loss():
-    cfg = compose_train(*TINY_DEMO)
+def test_one_batch_training_step_reduces_the_loss(compose_plain):
+    cfg = compose_plain(*TINY_DEMO)
     torch.manual_seed(0)
-    module = AnomalyModule(cfg)
-    dm = DemoDataModule(**{k: v for k, v in cfg["data"].items() if k not in ("_target_", *DATA_CONFIG_ONLY)})
+    module = build_module(cfg["model"])
+    assert isinstance(module, ReconstructionModule)
+    dm = demo_datamodule(cfg["data"])
     dm.setup("fit")
     batch = collate([dm.train_dataset[i] for i in range(8)])
-    opt = module.configure_optimizers()
+    opt = configure_optimizers(module)
+    assert isinstance(opt["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LambdaLR)
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     before = [p.detach().clone() for p in module.parameters()]
     losses = []
@@ -71,28 +91,31 @@ def test_one_batch_training_step_reduces_the_loss():
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
-    memory = module.model.memory.items
+    memory = module.net.memory.items
     assert memory.grad is not None and memory.grad.abs().sum() > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
-def test_corrupted_training_rebuilds_the_clean_image():
+def test_corrupted_training_rebuilds_the_clean_image(compose_plain):
     """corruption=patch_swap: the model sees the corrupted batch, the loss compares with the clean one."""
-    cfg = compose_train(*TINY_DEMO, "corruption=patch_swap", "corruption.probability=1.0")
+    cfg = compose_plain(*TINY_DEMO, "corruption=patch_swap", "corruption.probability=1.0")
     torch.manual_seed(0)
-    module = AnomalyModule(cfg)
-    dm = DemoDataModule(**{k: v for k, v in cfg["data"].items() if k not in ("_target_", *DATA_CONFIG_ONLY)})
+    module = build_module(cfg["model"])
+    assert isinstance(module.corruption, PatchSwap) and module.corruption.probability == 1.0
+    dm = demo_datamodule(cfg["data"])
     dm.setup("fit")
     batch = collate([dm.train_dataset[i] for i in range(4)])
     clean = batch["image"].clone()
     seen = []
-    module.model.register_forward_hook(lambda mod, args, out: seen.append((args[0].detach(), out)))
+    module.net.register_forward_hook(lambda mod, args, out: seen.append((args[0].detach(), out)))
     loss = module.training_step(batch, 0)
     inputs, out = seen[-1]
     assert torch.equal(batch["image"], clean) and not torch.equal(inputs, clean)
-    expected = module.criterion(clean, out["reconstruction"], out["memory_weights"])["loss"]
+    expected = module.loss(clean, out["reconstruction"], out["memory_weights"])["loss"]
     assert torch.allclose(loss, expected)
-    assert compose_train(*TINY_DEMO)["corruption"]["mode"] == "none"  # off unless asked for
+    plain = compose_plain(*TINY_DEMO)  # off unless asked for
+    assert plain["corruption"] is None and plain["model"]["corruption"] is None
+    assert build_module(plain["model"]).corruption is None
 
 
 def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
@@ -106,13 +129,19 @@ def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     assert sched.state_dict()["lr_lambdas"][0] == vars(schedule)
+    # model.scheduler: the per-step factor over the run's steps, warm-up epochs converted to steps
+    built = warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=1, cosine=True)
+    assert vars(built.lr_lambdas[0]) == vars(schedule)
+    assert warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=0, cosine=False) is None  # constant lr
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=-1)
 
 
 @pytest.mark.parametrize("model", ["vitmemad_cpu", "cae"])
 def test_train_then_eval_round_trip(tmp_path, model):
     run_dir = tmp_path / "train"
     run_module("vitmemad.train", f"model={model}", *TINY_DEMO, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
-               "logger=csv", "model.optimizer.warmup_epochs=1")
+               "logger=csv", "model.optimizer.warmup_epochs=1")  # an old spelling of model.scheduler.warmup_epochs
     trained = read_metrics(run_dir)
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:  # logger=csv: one row of figures per epoch
         rows = list(csv.DictReader(f))
@@ -128,8 +157,11 @@ def test_train_then_eval_round_trip(tmp_path, model):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "examples.png").is_file()
     ckpt = load_checkpoint(trained["ckpt_path"])
     assert ckpt["hyper_parameters"]["cfg"]["data"]["n_train"] == 24
+    assert ckpt["hyper_parameters"]["cfg"]["model"]["scheduler"]["warmup_epochs"] == 1
+    assert all(k.startswith(("net.", "loss.", "anomaly_map.", "evaluator.")) or k.endswith("_threshold")
+               for k in ckpt["state_dict"])
     if model == "vitmemad_cpu":  # epoch 0 is the memory warm-up (capped at half of 2 epochs); epoch 1 inits the items
-        assert bool(ckpt["state_dict"]["model.memory.initialized"])
+        assert bool(ckpt["state_dict"]["net.memory.initialized"])
 
     eval_dir = tmp_path / "eval"
     run_module("vitmemad.eval", f"ckpt_path={trained['ckpt_path']}", f"hydra.run.dir={eval_dir}")

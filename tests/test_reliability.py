@@ -15,14 +15,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fixtures_data import make_mvtec, noise, write_image
 from helpers import REPO_ROOT
 from vitmemad.data import MVTecDataModule
 from vitmemad.data import io as data_io
-from vitmemad.data.base import EpochRandomSampler
+from vitmemad.data.dataset import EpochRandomSampler
 from vitmemad.utils import checkpoint_io
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, temp_files
 
@@ -178,9 +177,8 @@ def test_16_bit_and_4_channel_images_are_converted_and_logged(tmp_path, monkeypa
 
 # ----------------------------------------------------------------------------- outputs
 @pytest.mark.parametrize("config", ["train", "eval", "predict", "export"])
-def test_run_folders_are_timestamped_to_the_microsecond(config):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config, return_hydra_config=True)
+def test_run_folders_are_timestamped_to_the_microsecond(compose, config):
+    cfg = compose(config_name=config, hydra_config=True)
     for node in (cfg.hydra.run, cfg.hydra.sweep):
         raw = node._get_node("dir")._value()  # unresolved: ${now:...}
         assert "${now:" in raw and "%f" in raw, raw

@@ -1,4 +1,4 @@
-"""The paper's tables as data (experiments/paper_results.yaml, vitmemad.paper) and experiments/report.py."""
+"""The paper's tables as data (vitmemad/paper_results.yaml, vitmemad.paper) and experiments/report.py."""
 from __future__ import annotations
 
 import ast
@@ -16,7 +16,7 @@ from vitmemad import paper
 from vitmemad.paper import computed_average, load_paper_results, paper_value, printed_average
 
 REPO = Path(__file__).resolve().parents[1]
-YAML_PATH = REPO / "experiments" / "paper_results.yaml"
+YAML_PATH = REPO / "vitmemad" / "paper_results.yaml"
 
 
 def _load_report():

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
 from test_cli_errors import assert_one_line_error, run_cli
+from vitmemad.build import build_module
 from vitmemad.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.config import prepare
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO, temp_files
 
 EPOCHS = 5
@@ -145,23 +147,24 @@ def test_trained_checkpoints_load_with_weights_only(reference):
 
 
 @pytest.mark.parametrize("change", ["memory_size", "ablation_base", "cae"])
-def test_checkpoint_of_another_model_config_names_the_keys(reference, change):
+def test_checkpoint_of_another_model_config_names_the_keys(reference, change, compose_plain):
     path = reference / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(path)
     cfg = copy.deepcopy(ckpt["hyper_parameters"]["cfg"])
     if change == "memory_size":
-        cfg["model"]["memory"]["size"] *= 2
-        expected = [r"shape mismatches", r"model\.memory"]
+        cfg["model"]["net"]["memory"]["size"] *= 2
+        expected = [r"shape mismatches", r"net\.memory"]
     elif change == "ablation_base":
-        cfg["ablation"].update(memory=False, coord_attention=False)
-        expected = [r"unexpected keys \['model\.coord_attention"]
+        cfg = OmegaConf.create(cfg)
+        cfg.ablation.update(memory=False, coord_attention=False)
+        cfg = OmegaConf.to_container(prepare(cfg))
+        assert cfg["model"]["net"]["memory"] is None and cfg["model"]["net"]["coord_attention"] is None
+        expected = [r"unexpected keys \['net\.coord_attention"]
     else:
-        from test_pipeline import compose_train
-
-        cfg = compose_train(*TINY_DEMO, "model=cae")
-        expected = [r"missing keys \['model\.", r"unexpected keys \['model\."]
+        cfg = compose_plain(*TINY_DEMO, "model=cae")
+        expected = [r"missing keys \['net\.", r"unexpected keys \['net\."]
     with pytest.raises(CheckpointError) as info:
-        load_state_dict_strict(AnomalyModule(cfg), ckpt["state_dict"], path)
+        load_state_dict_strict(build_module(cfg["model"]), ckpt["state_dict"], path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     for pattern in expected:
@@ -171,15 +174,15 @@ def test_checkpoint_of_another_model_config_names_the_keys(reference, change):
 def test_eval_of_an_edited_checkpoint_names_the_keys(reference, tmp_path):
     ckpt = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = ckpt["state_dict"]
-    dropped = next(k for k in state if k.startswith("model.decoder"))
+    dropped = next(k for k in state if k.startswith("net.decoder"))
     del state[dropped]
-    state["model.extra.weight"] = torch.zeros(3)
-    reshaped = next(k for k in state if k.startswith("model.memory") and state[k].ndim == 2)
+    state["net.extra.weight"] = torch.zeros(3)
+    reshaped = next(k for k in state if k.startswith("net.memory") and state[k].ndim == 2)
     state[reshaped] = torch.zeros(state[reshaped].shape[0] + 1, state[reshaped].shape[1])
     edited = tmp_path / "edited.ckpt"
     torch.save(ckpt, edited)
     result = run_cli("vitmemad.eval", f"ckpt_path={edited}", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert_one_line_error(result, edited, dropped, "model.extra.weight", reshaped)
+    assert_one_line_error(result, edited, dropped, "net.extra.weight", reshaped)
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
@@ -200,9 +203,9 @@ def test_eval_of_a_damaged_checkpoint(reference, tmp_path, damage):
 def test_resume_with_another_model_config_names_the_keys(reference, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
-    result = run_cli("vitmemad.train", *RUN_ARGS, "model.memory.size=32", "ckpt_path=last",
+    result = run_cli("vitmemad.train", *RUN_ARGS, "model.memory.size=32", "ckpt_path=last",  # old spelling
                      f"hydra.run.dir={run_dir}")
-    assert_one_line_error(result, run_dir / "checkpoints" / "last.ckpt", "does not fit", "model.memory")
+    assert_one_line_error(result, run_dir / "checkpoints" / "last.ckpt", "does not fit", "net.memory")
 
 
 # ----------------------------------------------------------------------------- NaN loss

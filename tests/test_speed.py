@@ -1,4 +1,4 @@
-"""Speed work (issue #7) behaves: the GPU check runs without the heavy stack, the FLOP count includes
+"""Speed work behaves: the GPU check runs without the heavy stack, the FLOP count includes
 fused attention, the decoder gets a channels_last map, and `compile` compiles in place.
 
 Speed itself is measured by `make bench`, never asserted here.
@@ -58,18 +58,24 @@ def test_gpu_check_trains_on_a_cpu_without_hydra_lightning_or_wandb(tmp_path):
     assert "[gpu_check]" in proc.stdout
 
 
-def test_gpu_check_reads_the_paper_preset_as_hydra_composes_it():
-    from hydra import compose, initialize_config_dir
+def test_gpu_check_reads_the_paper_preset_as_hydra_composes_it(compose):
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["model=vitmemad_paper", "ablation=m_ca"])
+    cfg = compose("model=vitmemad_paper", "ablation=m_ca")
     plain = gpu_check.paper_config()
-    for group in ("model", "ablation", "loss", "anomaly_map"):
-        assert plain[group] == OmegaConf.to_container(cfg[group], resolve=True), group
-    model = plain["model"]
-    assert (model["image_size"], model["batch_size"], model["encoder"]["embed_dim"], model["encoder"]["depth"],
-            model["encoder"]["num_heads"]) == (384, 8, 768, 12, 8)
+    preset = plain["preset"]
+    # interpolations are left as they are on both sides
+    assert preset["model"]["net"] == OmegaConf.to_container(cfg.model.net)
+    assert plain["optimizer"] == OmegaConf.to_container(cfg.model.optimizer)
+    assert {k: preset["data"][k] for k in ("image_size", "batch_size")} == {
+        k: cfg.data[k] for k in ("image_size", "batch_size")}
+    assert preset["trainer"]["max_epochs"] == cfg.trainer.max_epochs
+    assert plain["ablation"] == OmegaConf.to_container(cfg.ablation)
+    for group in ("loss", "anomaly_map"):  # constructor arguments: no _target_
+        assert plain[group] == {k: v for k, v in OmegaConf.to_container(cfg[group]).items() if k != "_target_"}, group
+    enc = preset["model"]["net"]["encoder"]
+    assert (preset["data"]["image_size"], preset["data"]["batch_size"], enc["embed_dim"], enc["depth"],
+            enc["num_heads"]) == (384, 8, 768, 12, 8)
 
 
 def test_flop_count_includes_the_fused_attention_kernel():
@@ -85,14 +91,16 @@ def test_flop_count_includes_the_fused_attention_kernel():
     assert counts[True] == counts[False] > 0  # the fused kernel is counted like the math path
 
 
-@pytest.mark.parametrize("memory,coord_attention", [(False, False), (True, False), (False, True), (True, True)])
-def test_the_vit_hands_the_decoder_a_channels_last_map(memory, coord_attention):
+@pytest.mark.parametrize("ablation,memory,coord_attention",
+                         [("base", False, False), ("m", True, False), ("ca", False, True), ("m_ca", True, True)])
+def test_the_vit_hands_the_decoder_a_channels_last_map(compose_plain, ablation, memory, coord_attention):
     """The decoder's convolutions run in channels_last because the feature map is a reshape of the tokens
     (README "Benchmarks": forcing it NCHW is slower); a .contiguous() in between would lose that."""
-    model_cfg = gpu_check._merge(gpu_check.paper_config("vitmemad_cpu")["model"], gpu_check.TINY)
-    from vitmemad.models.factory import build_model
+    from vitmemad.build import build_module
 
-    model = build_model(model_cfg, 32, {"memory": memory, "coord_attention": coord_attention}).eval()
+    cfg = compose_plain("model=vitmemad_cpu", f"ablation={ablation}", "debug=smoke", "data.image_size=32")
+    model = build_module(cfg["model"]).net.eval()
+    assert (model.memory is not None, model.coord_attention is not None) == (memory, coord_attention)
     seen = []
     model.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     with torch.no_grad():
@@ -117,14 +125,14 @@ def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
 @pytest.mark.slow
 def test_training_with_compile_writes_a_checkpoint_an_eager_model_loads(tmp_path):
     """About 2 minutes on 2 cores (compilation)."""
+    from vitmemad.build import build_module
     from vitmemad.checkpoint import load_checkpoint
-    from vitmemad.models.lightning_module import AnomalyModule
 
     run_dir = tmp_path / "run"
     run_module("vitmemad.train", *TINY_DEMO, "compile=true", "num_threads=1", f"hydra.run.dir={run_dir}", timeout=900)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["image_AUROC"] is not None
     ckpt = load_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
-    module = AnomalyModule(ckpt["hyper_parameters"]["cfg"])
+    module = build_module(ckpt["hyper_parameters"]["cfg"]["model"])
     module.load_state_dict(ckpt["state_dict"], strict=True)  # no `_orig_mod.` prefixes
     assert Path(run_dir / "checkpoints" / "last.ckpt").is_file()

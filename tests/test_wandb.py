@@ -93,7 +93,8 @@ def test_offline_run_holds_hyperparameters_losses_metrics_and_memory(sweep, job,
     assert run["group"] == sweep.name
     # hyperparameters: the resolved run config
     cfg = run["config"]["cfg"]["value"] if "value" in run["config"]["cfg"] else run["config"]["cfg"]
-    assert cfg["data"]["category"] == category and cfg["loss"]["lambda_ent"] == 0.001 and cfg["model"]["memory"]["size"] == 16
+    assert cfg["data"]["category"] == category and cfg["loss"]["lambda_ent"] == 0.001
+    assert cfg["model"]["net"]["memory"]["size"] == 16 and cfg["model"]["loss"]["lambda_ent"] == 0.001
     # loss terms, per epoch
     logged = set().union(*run["history"])
     assert {"train/loss", "train/l2", "train/ssim", "train/entropy", "val/loss", "val/l2", "val/ssim"} <= logged

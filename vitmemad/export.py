@@ -83,7 +83,8 @@ def onnx_metadata(module: AnomalyModule, extra: dict[str, Any] | None = None) ->
         "vitmemad.image_size": str(image_size_of(module)),
         "vitmemad.image_threshold": json.dumps(image_thr),
         "vitmemad.pixel_threshold": json.dumps(pixel_thr),
-        "vitmemad.anomaly_map": json.dumps({k: v for k, v in (cfg.get("anomaly_map") or {}).items() if k != "_target_"}),
+        "vitmemad.anomaly_map": json.dumps({k: v for k, v in (cfg.get("anomaly_map") or {}).items()
+                                            if k != "_target_"}),
         "vitmemad.model": str(pipeline.model_name(cfg)),
         "vitmemad.category": str(cfg.get("data", {}).get("category")),
     }
@@ -129,7 +130,8 @@ def compare_with_torch(onnx_path: str | Path, module: AnomalyModule, batch_sizes
             ref = scoring(x).numpy()
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
         if got.shape != ref.shape:
-            raise ExportError(f"onnxruntime returned maps of shape {got.shape} for a batch of {b}, expected {ref.shape}")
+            raise ExportError(
+                f"onnxruntime returned maps of shape {got.shape} for a batch of {b}, expected {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 

@@ -113,7 +113,8 @@ def list_inputs(spec: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        entries = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=lambda p: p.name)
+        entries = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+                         key=lambda p: p.name)
         where = f"folder {path}"
     elif has_glob(spec):
         matches = glob.glob(str(Path(spec).expanduser()), recursive=True)

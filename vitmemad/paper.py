@@ -1,6 +1,6 @@
 """The paper's result tables (Tables 3-6) as data: loader and look-up helpers.
 
-The numbers live in ``experiments/paper_results.yaml`` (percentages, as printed; ``null`` where the paper
+The numbers live in ``vitmemad/paper_results.yaml`` (percentages, as printed; ``null`` where the paper
 prints "—"). Layout::
 
     <table>.methods.<method>.values.<category>.<metric>      # per category
@@ -23,8 +23,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PATH = REPO_ROOT / "experiments" / "paper_results.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parent / "paper_results.yaml"  # package data: ships in the wheel
 
 #: MVTec AD categories in the paper's row order (Tables 3 and 4): textures first, then objects.
 #: `vitmemad.data.MVTEC_CATEGORIES` holds the same names alphabetically.
@@ -45,7 +44,8 @@ OURS_TABLE = {
 }
 
 # Spellings the paper prints -> dataset folder names.
-_CATEGORY_ALIASES = {"huzelnut": "hazelnut", "metal nut": "metal_nut", "metal-nut": "metal_nut", "metalnut": "metal_nut"}
+_CATEGORY_ALIASES = {"huzelnut": "hazelnut", "metal nut": "metal_nut", "metal-nut": "metal_nut",
+                     "metalnut": "metal_nut"}
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: import the data package only when these are asked for
@@ -66,7 +66,7 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def load_paper_results(path: str | Path | None = None) -> dict[str, Any]:
-    """The YAML as a dict (a fresh copy; default ``experiments/paper_results.yaml`` in the repository)."""
+    """The YAML as a dict (a fresh copy; default ``vitmemad/paper_results.yaml``)."""
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
         raise FileNotFoundError(f"paper results not found: {path}")
@@ -80,7 +80,8 @@ def table_key(table: str | int) -> str:
 
 
 def normalize_category(category: Any) -> str:
-    """The dataset's own key: ``"Huzelnut"`` -> ``"hazelnut"``, ``"Metal nut"`` -> ``"metal_nut"``, ``1`` -> ``"01"``."""
+    """The dataset's own key: ``"Huzelnut"`` -> ``"hazelnut"``, ``"Metal nut"`` -> ``"metal_nut"``,
+    ``1`` -> ``"01"``."""
     if isinstance(category, int) and not isinstance(category, bool):
         return f"{category:02d}"
     text = str(category).strip()
@@ -134,7 +135,8 @@ def paper_value(
     return None if value is None else float(value)
 
 
-def printed_average(table: str | int, method: str, metric: str, *, results: dict[str, Any] | None = None) -> float | None:
+def printed_average(table: str | int, method: str, metric: str, *,
+                    results: dict[str, Any] | None = None) -> float | None:
     """The paper's "Average" as printed (percent)."""
     return paper_value(table, method, None, metric, results=results)
 

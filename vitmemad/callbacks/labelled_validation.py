@@ -28,8 +28,9 @@ class LabelledValidation(L.Callback):
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
             for batch in loader:
                 maps, _ = pl_module.score(batch["image"].to(pl_module.device))
+                masks = batch["mask"]
                 scores = torch.stack(
-                    [resize_maps(maps[i : i + 1].float(), tuple(m.shape[-2:])).amax() for i, m in enumerate(batch["mask"])]
+                    [resize_maps(maps[i : i + 1].float(), tuple(m.shape[-2:])).amax() for i, m in enumerate(masks)]
                 )
                 metric.update_scores(scores.float().cpu(), batch["label"].long())
         pl_module.log(METRIC, float(metric.compute()), on_epoch=True, sync_dist=False, rank_zero_only=False)

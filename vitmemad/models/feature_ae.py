@@ -12,7 +12,8 @@ at S/8). Pipeline, mirroring ``ViTMemAE``::
     upsamples it to the input size and smooths it with the anomaly map's Gaussian.
 
 The memory and coordinate attention are parts handed in (or None), switched by the ``ablation`` group
-(Base / +M / +CA / +M+CA) exactly as in the pixel model. The per-channel standardisation (mean / std of the feature map) is
+(Base / +M / +CA / +M+CA) exactly as in the pixel model. The per-channel standardisation (mean / std of the
+feature map) is
 estimated from the first training batch and saved with the weights.
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ class FeatureMemAE(nn.Module):
         decoder_channels = list(decoder_channels)
         if len(decoder_channels) != downsample and not (downsample == 0 and len(decoder_channels) <= 1):
             raise ValueError(
-                f"model.decoder.channels must list one width per x2 upsampling layer ({downsample}), got {decoder_channels}"
+                f"model.decoder.channels must list one width per x2 upsampling layer ({downsample}), "
+                f"got {decoder_channels}"
             )
         self.backbone = FeatureExtractor(out_indices, local_size, equalize_layers)
         channels = self.backbone.channels

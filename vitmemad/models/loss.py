@@ -56,7 +56,8 @@ class ReconstructionLoss(nn.Module):
             return self.feature_terms(out["feature_error"], out.get("memory_weights"))
         return self(x, out["reconstruction"], out.get("memory_weights"))
 
-    def feature_terms(self, feature_error: torch.Tensor, memory_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def feature_terms(self, feature_error: torch.Tensor,
+                      memory_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Feature-space models: ``l2`` = mean of their per-position squared feature error (no SSIM term)."""
         l2 = feature_error.float().mean()
         ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)

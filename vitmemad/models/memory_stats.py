@@ -49,7 +49,8 @@ class MemoryUsage:
         self.top1 = torch.zeros(n, dtype=torch.float64)
         self.totals = torch.zeros(5, dtype=torch.float64)  # queries, entropy, active items, |z_hat - z|^2, |z|^2
 
-    def update(self, weights: torch.Tensor, queries: torch.Tensor | None = None, output: torch.Tensor | None = None) -> None:
+    def update(self, weights: torch.Tensor, queries: torch.Tensor | None = None,
+               output: torch.Tensor | None = None) -> None:
         w = weights.detach().float().reshape(-1, self.num_items)
         lost = kept = 0.0
         if queries is not None and output is not None:
@@ -72,7 +73,8 @@ class MemoryUsage:
             dist.all_reduce(packed)
             packed = packed.cpu()
             n = self.num_items
-            self.weight_sum, self.nonzero, self.top1, self.totals = packed[:n], packed[n : 2 * n], packed[2 * n : 3 * n], packed[3 * n :]
+            self.weight_sum, self.nonzero = packed[:n], packed[n : 2 * n]
+            self.top1, self.totals = packed[2 * n : 3 * n], packed[3 * n :]
 
     def compute(self) -> dict[str, Any] | None:
         self._sync()

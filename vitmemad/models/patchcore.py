@@ -71,7 +71,8 @@ def greedy_coreset(
     return selected
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, block_elements: int = NN_BLOCK_ELEMENTS) -> torch.Tensor:
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor,
+                      block_elements: int = NN_BLOCK_ELEMENTS) -> torch.Tensor:
     """Euclidean distance (Q,) from each query (Q, D) to its nearest bank row (M, D), in blocks of queries."""
     if bank.numel() == 0:
         raise RuntimeError("the memory bank is empty")

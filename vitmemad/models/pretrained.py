@@ -112,9 +112,11 @@ def verify_mapping(source: Mapping[str, torch.Tensor], target: Mapping[str, torc
         problems.append(f"shape mismatches {shapes[:5]}")
     if not problems and mapped != list(target):
         first = next(i for i, (a, b) in enumerate(zip(mapped, target)) if a != b)
-        problems.append(f"order differs from the target's at position {first}: {mapped[first]} vs {list(target)[first]}")
+        problems.append(
+            f"order differs from the target's at position {first}: {mapped[first]} vs {list(target)[first]}")
     if problems:
-        raise WeightMappingError("EfficientNet-Lite0 weights do not map onto timm's efficientnet_lite0: " + "; ".join(problems))
+        raise WeightMappingError(
+            "EfficientNet-Lite0 weights do not map onto timm's efficientnet_lite0: " + "; ".join(problems))
     return mapping
 
 
@@ -180,7 +182,8 @@ class FeatureExtractor(nn.Module):
 
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or len(set(out_indices)) != len(out_indices) or not all(0 <= i <= 4 for i in out_indices):
-            raise ValueError(f"model.backbone.out_indices must be distinct feature indices in 0..4, got {list(out_indices)}")
+            raise ValueError(
+                f"model.backbone.out_indices must be distinct feature indices in 0..4, got {list(out_indices)}")
         if local_size < 1 or local_size % 2 == 0:
             raise ValueError(f"model.backbone.local_size must be an odd number >= 1, got {local_size}")
         self.out_indices = tuple(sorted(out_indices))

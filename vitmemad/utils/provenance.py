@@ -7,7 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("vitmemad", "torch", "lightning", "timm", "torchmetrics", "kornia", "hydra-core", "numpy", "scipy", "scikit-image")
+PACKAGES = ("vitmemad", "torch", "lightning", "timm", "torchmetrics", "kornia", "hydra-core", "numpy", "scipy",
+            "scikit-image")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,7 +19,8 @@ def git_commit(repo: Path = REPO_ROOT) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True,
+            timeout=10
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
