@@ -30,7 +30,7 @@ test-all: install  ## everything, slow tests included
 bench: install  ## benchmarks -> bench/results.json
 	$(PY) experiments/bench.py
 
-# Issue #5's table on a real category: experiment=cpu_real, Base / +M / +CA / +M+CA and the CAE, 3 seeds each,
+# The ablation table on a real category: experiment=cpu_real, Base / +M / +CA / +M+CA and the CAE, 3 seeds each,
 # then report.py. About 3.5 h on 2 cores for bottle (15 runs of 7-16 min); README "Results: real data".
 MVTEC_ROOT ?= ../shared/data/mvtec
 CATEGORY ?= bottle

@@ -1,6 +1,6 @@
 """Train the paper preset for a fixed number of steps on synthetic batches; record images/s and memory.
 
-Called by experiments/gpu_check.sh (issue #7, "GPU figures"). It needs only torch, timm (which brings
+Called by experiments/gpu_check.sh. It needs only torch, timm (which brings
 pyyaml) and kornia, with the project on PYTHONPATH: no Hydra, Lightning, W&B, dataset or network. The
 preset is read from conf/model/vitmemad_paper.yaml (plus conf/ablation/<ablation>.yaml, conf/loss/default.yaml
 and conf/anomaly_map/default.yaml) with plain yaml, so it is the one `model=vitmemad_paper` trains.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures (issue #7): train the paper preset (384x384, D = 768, depth 12, batch 8) for a fixed number
+# GPU figures: train the paper preset (384x384, D = 768, depth 12, batch 8) for a fixed number
 # of steps with bf16 autocast on synthetic batches, then record images/s and GPU memory; once eager and
 # once with torch.compile. Under 8 minutes on one GPU (each run is capped by `timeout`).
 #

@@ -1,4 +1,4 @@
-"""Accuracy on real data (issue #5): the CPU preset for real categories learns MVTec AD bottle.
+"""Accuracy on real data: the CPU preset for real categories learns MVTec AD bottle.
 
 Slow (about 3 minutes on 2 cores: 20 of the preset's 150 epochs) and needs ../shared/data; `make test-all` or `pytest -m slow` runs it.
 """
