@@ -56,7 +56,7 @@ def test_old_checkpoints_evaluate_predict_and_export(tmp_path, model):
     run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'preds'}",
                f"hydra.run.dir={tmp_path / 'predict'}")
     rows = json.loads((tmp_path / "preds" / "predictions.json").read_text())
-    assert [r["error"] for r in rows] == ["", ""] and all(np.isfinite(r["score"]) for r in rows)
+    assert [r["error"] for r in rows] == [None, None] and all(np.isfinite(r["score"]) for r in rows)
     assert np.load(tmp_path / "preds" / "maps" / "part_0.npy").shape == (48, 40)
 
     onnx_file = tmp_path / "model.onnx"
