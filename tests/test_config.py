@@ -97,3 +97,12 @@ def test_moved_memory_training_keys_reach_the_callback(compose):
     assert (cfg.callbacks.memory_training.warmup_epochs, cfg.callbacks.memory_training.restart_every) == (2, 50)
     assert cfg.model.scheduler.warmup_epochs == 3
     assert compose().callbacks.memory_training.warmup_epochs == 10  # the CPU preset's own warm-up
+
+
+def test_the_command_line_wins_over_the_debug_preset(compose):
+    """debug=smoke shrinks the net, but a size given on the command line is the one that is built."""
+    cfg = compose("debug=smoke", "model.net.memory.size=32", "model.net.encoder.depth=3")
+    assert (cfg.model.net.memory.size, cfg.model.net.encoder.depth) == (32, 3)
+    assert cfg.model.net.encoder.embed_dim == 64  # the rest of the debug sizes still apply
+    old = compose("debug=smoke", "model.memory.size=32")  # the old spelling too
+    assert old.model.net.memory.size == 32

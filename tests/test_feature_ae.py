@@ -104,7 +104,8 @@ def test_bad_settings_are_clear_errors(kwargs, match):
 
 
 def test_vitmemad_feat_through_train(tmp_path):
-    run_module("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1",  # old spelling of trainer.max_epochs "data.n_train=16", "data.n_test_good=4",
+    # model.epochs: the old spelling of trainer.max_epochs
+    run_module("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1", "data.n_train=16", "data.n_test_good=4",
                "data.n_test_defect=4", "data.crop_size=64", f"hydra.run.dir={tmp_path}", "num_threads=1")
     metrics = read_metrics(tmp_path)
     assert metrics["model"] == "vitmemad_feat" and metrics["ablation"] == "base"

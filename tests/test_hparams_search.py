@@ -98,8 +98,9 @@ def test_labelled_split_datamodule_tests_only_the_test_half():
 
 def test_tiny_labelled_grid_ranks_jobs_by_validation_auroc_and_never_tests(tmp_path):
     sweep = tmp_path / "sweep"
+    # model.memory.size: the old spelling of the grid key model.net.memory.size
     run_module("vitmemad.train", "hparams_search=lambda_grid_labelled", "loss.lambda_ssim=0.5,1.0",
-               "loss.lambda_ent=0.001", "model.memory.size=16",  # old spelling of a grid key *TINY_DEMO, "trainer.max_epochs=2",
+               "loss.lambda_ent=0.001", "model.memory.size=16", *TINY_DEMO, "trainer.max_epochs=2",
                f"hydra.sweep.dir={sweep}", timeout=240)
     with open(sweep / "search_results.csv") as f:
         rows = list(csv.DictReader(f))

@@ -223,3 +223,21 @@ def test_bad_fpr_limit():
             pro_score(maps, masks, limit)
         with pytest.raises(ValueError, match="fpr_limit"):
             PRO(fpr_limit=limit)
+
+
+def test_image_scores_update_directly_and_give_per_defect_auroc():
+    import vitmemad.models  # noqa: F401  (vitmemad.evaluation is imported through it, as every run does)
+    from vitmemad.evaluation import per_defect_auroc
+
+    g = torch.Generator().manual_seed(0)
+    maps, labels = torch.rand(12, 5, 5, generator=g), torch.tensor([0, 1] * 6)
+    by_map, by_score = ImageAUROC(), ImageAUROC()
+    by_map.update(maps, labels[:, None, None].expand(12, 5, 5))
+    by_score.update_scores(maps.flatten(1).amax(1), labels)  # the image score is the map's maximum
+    assert float(by_score.compute()) == float(by_map.compute())
+    records = [(0.1, 0, "good"), (0.3, 0, "good"), (0.2, 1, "crack"), (0.9, 1, "crack"), (0.8, 1, "hole")]
+    result = per_defect_auroc(records)
+    assert set(result) == {"crack", "hole"}  # one entry per defect type, against all normal images
+    assert result["crack"] == pytest.approx(0.75)  # 3 of the 4 (normal, crack) pairs are ordered
+    assert result["hole"] == 1.0
+    assert per_defect_auroc([(0.5, 1, "crack")]) == {}  # no normal images: undefined, left out

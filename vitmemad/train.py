@@ -81,6 +81,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def run() -> None:
     ddp_hydra.install()  # DDP worker ranks inside a multirun run this job only
+    config.register_resolvers()  # ${vitmemad.sweep:...} of conf/categories/all.yaml, resolved by the sweeper
     cli.run(main)  # user errors: one line on stderr, exit 2 (vitmemad/cli.py)
 
 
