@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
+from vitmemad.report.run_curves import save_run_curves
 from vitmemad.utils.io import write_json
 from vitmemad.utils.provenance import provenance
 from vitmemad.utils.visualize import save_examples
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 EXAMPLES_FILE = "examples.png"
+CURVES_FILE = "curves.png"
 
 
 def configure_threads(num_threads: int | None) -> None:
@@ -107,6 +109,7 @@ def metrics_record(
         "anomaly_map": cfg.get("anomaly_map"),
         "pro_fpr_limit": cfg.get("metrics", {}).get("pro_fpr_limit", 0.3),
         "provenance": provenance(data_cfg.get("root") or data_cfg.get("normal_dir")),
+        "curves": results.get("curves"),
     }
 
 
@@ -114,6 +117,7 @@ def write_test_outputs(output_dir: Path, record: dict[str, Any], module: Anomaly
     write_json(output_dir / METRICS_FILE, record)
     if module.examples["image"]:
         save_examples(module.examples, output_dir / EXAMPLES_FILE)
+    save_run_curves(record.get("curves"), output_dir / CURVES_FILE, f"{record['model']} / {record['category']}")
     summary = ", ".join(
         f"{k}={record[k]:.4f}" if record[k] is not None else f"{k}=null" for k in ("image_AUROC", "pixel_AUROC", "PRO")
     )

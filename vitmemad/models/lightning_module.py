@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
+from vitmemad.metrics.curves import metric_curves
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps, resize_maps
 from .corruption import build_corruption
@@ -277,6 +278,7 @@ class AnomalyModule(L.LightningModule):
             "per_defect": per_defect_auroc(records),
             "num_test_images": len(records),
             "memory": self._memory_hook.detach() if self._memory_hook is not None else None,
+            "curves": metric_curves(self.image_auroc, self.pixel_auroc, self.pro, float(self.image_threshold)),
         }
         self._memory_hook = None
         for metric in (self.image_auroc, self.pixel_auroc, self.pro):
