@@ -88,7 +88,7 @@ def per_defect_figure(dataset: str, category: str, variants: dict[Key, list[dict
 def categories_figure(dataset: str, title: str, cats: list[str], runs: list[dict[str, Any]]) -> Figure:
     """A category sweep: one panel per metric, measured per category beside the paper's "Ours" (Tables 3-5)."""
     with plain_style():
-        fig, axes = new_figure(min(2.5 + 0.7 * len(cats), 16.0), 8.4, len(METRICS), 1)
+        fig, axes = new_figure(min(max(6.0, 3.0 + 0.8 * len(cats)), 16.0), 8.4, len(METRICS), 1)
         for ax, metric in zip(axes, METRICS):
             series = [_measured("measured", "#0072B2", runs, cats,
                                 lambda r, c, m=metric: r[m] if r["category"] == c else None)]

@@ -46,7 +46,7 @@ def category_curves_figure(variants: dict[Key, list[dict[str, Any]]], title: str
         return None
     names, look = labels(variants), styles(variants)
     with plain_style():
-        fig, axes = new_figure(4.2 * len(panels), 4.0, 1, len(panels))
+        fig, axes = new_figure(4.4 * len(panels), 3.6 + 0.2 * len(variants), 1, len(panels))
         axes = [axes] if len(panels) == 1 else list(axes)
         for ax, (key, ykey, metric, name, ylabel, short) in zip(axes, panels):
             limit = 1.0
@@ -65,6 +65,6 @@ def category_curves_figure(variants: dict[Key, list[dict[str, Any]]], title: str
             ax.plot([0, limit], [0, 1] if key == "image_roc" else [0, limit], ":", color="#999999", label="_chance")
             xlabel = "FPR" if key == "image_roc" else f"FPR (up to {limit:g})"
             ax.set(title=name, xlabel=xlabel, ylabel=ylabel, xlim=(0, limit), ylim=(0, 1.02))
-            ax.legend(loc="lower right")
+            ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.16))  # below: never over the curves
         fig.suptitle(title)
     return fig
