@@ -1,7 +1,6 @@
 """Figures: a run's curves.png and the report's figures/ (curves, ablation, per defect, category sweep)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers import assert_real_png, load_report
 from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
 from vitmemad.metrics.curves import metric_curves
 from vitmemad.paper import ablation_value, paper_ours
@@ -18,28 +17,8 @@ from vitmemad.report import figures
 from vitmemad.report.run_curves import curves_figure, save_run_curves
 from vitmemad.report.style import bar_series, labelled_lines
 
-REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = ("base", "m", "ca", "m_ca")
-
-
-def _load_report():
-    spec = importlib.util.spec_from_file_location("vitmemad_report_figures", REPO / "experiments" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load_report()
-
-
-def assert_real_png(path: Path) -> None:
-    """A PNG that decodes, of a readable size, that is not one flat colour."""
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
-    with Image.open(path) as img:
-        img.load()
-        assert img.format == "PNG" and img.width >= 300 and img.height >= 200, (path, img.size)
-        extrema = img.convert("RGB").getextrema()
-        assert any(lo != hi for lo, hi in extrema), f"{path} is a single colour"
+report = load_report()
 
 
 def _run(seed: int, separation: float, with_masks: bool = True) -> dict:

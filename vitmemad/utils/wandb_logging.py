@@ -139,7 +139,8 @@ def _charts(record: dict[str, Any]) -> dict[str, Any]:
         curve = (record.get("curves") or {}).get(key)
         if curve:
             table = wandb.Table(columns=["fpr", ykey], data=[list(p) for p in zip(curve["fpr"], curve[ykey])])
-            charts[f"test/curves/{key}"] = wandb.plot.line(table, "fpr", ykey, title=f"{title}: {record.get('category')}")
+            charts[f"test/curves/{key}"] = wandb.plot.line(table, "fpr", ykey,
+                                                           title=f"{title}: {record.get('category')}")
     defects = sorted((record.get("per_defect") or {}).items())
     if defects:
         table = wandb.Table(columns=["defect", "image_AUROC"], data=[list(d) for d in defects])
