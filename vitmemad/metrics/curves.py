@@ -32,12 +32,14 @@ PRE_STEP = 2e-4  # pre-thinning: <= 2 * (2 / PRE_STEP + 1) vertices, area error 
 
 
 def roc_curve(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact tie-merged ROC polyline (FPR, TPR) of anomalous scores ``pos`` vs normal scores ``neg``.
+    """Exact tie-merged ROC polyline (FPR, TPR) of anomalous scores ``pos`` vs normal scores ``neg`` (both sorted
+    in place, as ``auroc_exact`` does: no copy of the pixels).
 
     Between two consecutive distinct anomalous scores only the FPR moves, so two vertices per distinct anomalous
     score a trace the curve: (#neg > a, #pos > a) and (#neg >= a, #pos >= a). Its area is exactly the AUROC.
     """
-    pos, neg = np.sort(pos), np.sort(neg)
+    pos.sort()
+    neg.sort()
     levels = np.unique(pos)[::-1]
     n_pos, n_neg = pos.size, neg.size
     fp_gt, fp_ge = (n_neg - np.searchsorted(neg, levels, side=side) for side in ("right", "left"))

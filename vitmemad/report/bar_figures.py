@@ -53,11 +53,15 @@ def ablation_figure(dataset: str, category: str, variants: dict[Key, list[dict[s
                            [paper_ours(dataset, category, m) for m in METRICS])
             series += [paper] if paper else []
     return _bar_figure([METRIC_LABELS[m] for m in METRICS], series, f"Ablation: {dataset} / {category}",
-                       3.0 + 0.45 * len(series) * 1.2)
+                       3.0 + 0.55 * len(series))
 
 
 def mean_ablation_figure(dataset: str, cats: list[str], variants: dict[Key, list[dict[str, Any]]]) -> Figure:
-    """Mean over categories of each variant's per-category means; Table 6 (a 15-category MVTec mean) beside it."""
+    """Mean over categories of each variant's per-category means; Table 6 (a 15-category MVTec mean) beside it.
+
+    Only variants run on every one of ``cats`` (a mean over fewer categories is not the same mean).
+    """
+    variants = {k: runs for k, runs in variants.items() if set(cats) <= {r["category"] for r in runs}}
     names, look = labels(variants), styles(variants)
     series = []
     for key, runs in variants.items():
@@ -70,7 +74,7 @@ def mean_ablation_figure(dataset: str, cats: list[str], variants: dict[Key, list
             series += [paper] if paper else []
     note = "; paper: Table 6, mean over its 15 categories" if dataset == "mvtec" else ""
     return _bar_figure([METRIC_LABELS[m] for m in METRICS], series,
-                       f"Ablation: {dataset}, mean over {len(cats)} categories{note}", 3.5 + 0.45 * len(series) * 1.2)
+                       f"Ablation: {dataset}, mean over {len(cats)} categories{note}", 3.5 + 0.55 * len(series))
 
 
 def per_defect_figure(dataset: str, category: str, variants: dict[Key, list[dict[str, Any]]]) -> Figure | None:
