@@ -132,9 +132,12 @@ def test_per_defect_and_category_sweep_charts(sweep):
 
 
 def test_run_curves_png(tmp_path):
-    curves = _run(0, 0.3)["curves"]
+    run = _run(0, 0.3)
+    curves = run["curves"]
     fig = curves_figure(curves, "vitmemad / bottle")
     assert len(fig.axes) == 3 and all(len(labelled_lines(ax)) == 1 for ax in fig.axes[1:])
+    assert labelled_lines(fig.axes[2])[0].get_label() == f"PRO {100 * run['PRO']:.1f}"
+    assert fig.axes[2].get_xlim() == (0.0, 0.3)
     threshold = [line for line in labelled_lines(fig.axes[0]) if line.get_label().startswith("validation")]
     assert len(threshold) == 1 and threshold[0].get_xydata().tolist() == [[curves["image_roc"]["threshold"]["fpr"],
                                                                           curves["image_roc"]["threshold"]["tpr"]]]

@@ -7,14 +7,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from vitmemad.metrics.curves import pro_area, roc_area
+
 from .style import new_figure, plain_style, save_png
 
 PANELS = (("image_roc", "Image ROC", "tpr", "TPR"), ("pixel_roc", "Pixel ROC", "tpr", "TPR"),
           ("pro", "PRO curve", "pro", "PRO (mean region overlap)"))
-
-
-def trapezoid_area(xs: list[float], ys: list[float]) -> float:
-    return sum(0.5 * (ys[i] + ys[i - 1]) * (xs[i] - xs[i - 1]) for i in range(1, len(xs)))
 
 
 def curves_figure(curves: dict[str, Any], title: str = "") -> Figure:
@@ -29,7 +27,7 @@ def curves_figure(curves: dict[str, Any], title: str = "") -> Figure:
             curve = curves[key]
             xs, ys = curve["fpr"], curve[ykey]
             limit = xs[-1] if key == "pro" else 1.0
-            area = trapezoid_area(xs, ys) / limit
+            area = pro_area(curve) if key == "pro" else roc_area(curve)
             ax.plot([0, limit], [0, 1] if key != "pro" else [0, limit], ":", color="#999999", label="_chance")
             ax.plot(xs, ys, color="#0072B2", label=f"{'PRO' if key == 'pro' else 'AUROC'} {100 * area:.1f}")
             point = curve.get("threshold")
