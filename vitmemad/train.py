@@ -39,6 +39,11 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
                 f"{output_dir} already holds a finished run ({pipeline.METRICS_FILE}); choose another "
                 "hydra.run.dir, or pass ckpt_path=last to resume it"
             )
+        if (output_dir / "checkpoints" / "last.ckpt").exists():  # never start over an unfinished run by mistake
+            raise RunDirError(
+                f"{output_dir} holds the checkpoints of an unfinished run; pass ckpt_path=last to resume it, "
+                "or choose another hydra.run.dir"
+            )
         return None
     if ckpt_path == "last":
         last = output_dir / "checkpoints" / "last.ckpt"
