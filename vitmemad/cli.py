@@ -243,21 +243,24 @@ class LogJobErrors(_HydraCallback):
 
 
 class CheckRunDir(_HydraCallback):
-    """Hydra callback of ``vitmemad.train``: refuse a run directory that holds a finished run.
+    """Hydra callback of ``vitmemad.train``: refuse a run directory that a live run holds, that holds a finished
+    run, or a config that fails the start-up checks (``vitmemad.config_check``).
 
-    It runs before Hydra writes anything into the directory (``.hydra/``, the log), so the refused
-    run leaves the finished one exactly as it was. ``ckpt_path=last`` (resume) is allowed;
+    It runs before Hydra writes anything into the directory (``.hydra/``, the log, ``status.json``), so the refused
+    run leaves the other one exactly as it was. ``ckpt_path=last`` (resume) is allowed;
     ``vitmemad.train.resume_path`` has the rules and checks again inside the job.
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         from pathlib import Path
 
-        from vitmemad.run_state import check_free
+        from vitmemad.config_check import check_train
+        from vitmemad.run_state import check_free, is_child_rank
         from vitmemad.train import resume_path
 
         try:
-            check_free(Path(str(config.hydra.run.dir)))  # a live run first: its folder is not finished yet
-            resume_path(config.get("ckpt_path"), Path(str(config.hydra.run.dir)))
+            if not is_child_rank():  # DDP ranks share rank 0's folder
+                check_free(Path(str(config.hydra.run.dir)))  # a live run first: its folder is not finished yet
+            check_train(config, resume_path(config.get("ckpt_path"), Path(str(config.hydra.run.dir))))
         except (OSError, ValueError) as err:
             raise StopBeforeRun(err) from err

@@ -13,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from vitmemad import config_check
 from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils.io import write_json
@@ -138,6 +139,7 @@ def checkpoint_for_test(trainer: L.Trainer, which: str) -> str | None:
     if callback is None:
         return None
     best = getattr(callback, "best_model_path", "") if which == "best" else ""
+    config_check.require_best(best, which)  # no silent fallback to last
     return best or getattr(callback, "last_model_path", "") or None
 
 

@@ -253,9 +253,9 @@ def interrupted_message(signal_name: str) -> str:
     kept = "no checkpoint was written yet"
     if last.is_file():
         try:
-            import torch
+            from vitmemad.checkpoint import read_checkpoint
 
-            epochs = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+            epochs = int(read_checkpoint(last, mmap=True)["epoch"]) + 1
             kept = f"{last} holds {epochs} completed epoch{'s' if epochs != 1 else ''}"
         except Exception:  # noqa: BLE001  (the message must not fail)
             kept = f"{last} is kept"

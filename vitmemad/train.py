@@ -16,8 +16,8 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vitmemad import cli, pipeline
-from vitmemad.checkpoint import check_state_dict, load_checkpoint
+from vitmemad import cli, config_check, pipeline
+from vitmemad.checkpoint import check_file, check_state_dict, load_checkpoint
 from vitmemad.data import labelled_split
 from vitmemad.models.lightning_module import AnomalyModule
 from vitmemad.utils import ddp_hydra, hydra_resolvers, wandb_logging  # noqa: F401  (registers ${vitmemad.sweep:...})
@@ -50,9 +50,7 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         if not last.is_file():
             raise FileNotFoundError(f"ckpt_path=last but {last} does not exist: nothing to resume in {output_dir}")
         return str(last)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return str(ckpt_path)
+    return str(check_file(ckpt_path))  # a folder lists the checkpoints inside it
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -66,6 +64,7 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     resume = resume_path(cfg.get("ckpt_path"), output_dir)
+    config_check.check_train(cfg, resume)  # one-line errors naming the key, before any data set-up
     labelled_split.check_optimized_metric(cfg.get("optimized_metric"), cfg.get("data"))
     L.seed_everything(cfg.seed, workers=True)
     pipeline.configure_threads(cfg.get("num_threads"))
