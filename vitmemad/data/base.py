@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .errors import DatasetError
 from .io import image_size as file_image_size
-from .io import load_image, load_mask, verify_image_file
+from .io import load_image, load_mask
 from .transforms import resize_rgb_uint8, uint8_to_input
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,11 @@ class EpochRandomSampler(RandomSampler):
         return iter(order.tolist())
 
 
-def check_files(samples: Sequence[Sample]) -> None:
-    """Every image and mask file is complete and readable (see ``io.verify_image_file``)."""
-    for s in samples:
-        verify_image_file(s.path)
-        if s.mask_path is not None:
-            verify_image_file(s.mask_path)
+def check_files(samples: Sequence[Sample], dataset: str = "dataset") -> None:
+    """Every image and mask file is complete and readable, and what it claims to be (``checks.check_dataset``)."""
+    from .checks import check_dataset
+
+    check_dataset(samples, dataset)
 
 
 def split_holdout(
@@ -313,7 +312,7 @@ class AnomalyDataModule(L.LightningDataModule):
             return
         train_all, test = self.samples()
         if self.verify_files:
-            check_files([*train_all, *test])
+            check_files([*train_all, *test], f"{type(self).__name__} {self.category}")
         train, val = split_holdout(train_all, self.val_fraction, self.seed, salt=1)
         self.train_dataset = self._dataset(train, train=True)
         self.val_dataset = self._dataset(val, train=False)
