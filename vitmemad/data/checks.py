@@ -61,7 +61,7 @@ def check_image_shape(path: str, findings: Findings) -> None:
     w, h = image_size(path)
     if min(w, h) < MIN_SIDE:
         findings.add("tiny", path, f"{w}x{h}")
-    elif max(w, h) / min(w, h) > MAX_ASPECT:
+    if max(w, h) > MAX_ASPECT * max(min(w, h), 1):
         findings.add("elongated", path, f"{w}x{h}")
 
 
