@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from helpers import TINY_DEMO
+from helpers import REPO_ROOT, TINY_DEMO
 from test_cli_errors import assert_one_line_error, run_cli
 from test_resume import RUN_ARGS
 
@@ -75,3 +75,12 @@ def test_checkpoint_problems_are_one_line(trained, tmp_path, damage, fragments, 
     assert_one_line_error(result, path, *fragments)
     assert "Error executing job" not in result.stderr
 
+
+
+@pytest.mark.parametrize("group", ["model", "experiment", "hparams_search", "trainer", "data"])
+def test_every_shipped_preset_passes_the_checks(group):
+    from test_pipeline import compose_train
+    from vitmemad.config_check import check_train
+
+    for preset in sorted(p.stem for p in (REPO_ROOT / "conf" / group).glob("*.yaml")):
+        check_train(compose_train(f"{group}={preset}"), None)

@@ -80,7 +80,9 @@ TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
-def select(cfg: DictConfig, key: str) -> Any:
+def select(cfg: DictConfig | dict, key: str) -> Any:
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
     try:
         return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
     except Exception as err:  # an interpolation that does not resolve: name the key
