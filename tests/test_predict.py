@@ -173,9 +173,9 @@ def write_rotated_jpeg(path: Path, upright: np.ndarray, orientation: int = 6) ->
 
 def test_overwrite_keeps_only_this_runs_outputs_and_maps_follow_exif(tmp_path, ckpt, inputs):
     out = tmp_path / "pred"
-    run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}", "progress=false",
-               f"hydra.run.dir={tmp_path / 'run1'}")
-    assert len(list((out / "maps").glob("*.npy"))) > 2
+    for name in ("predictions.csv", "maps/old.npy", "maps/good_000.npy", "overlays/old.png", "masks/old.png"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"an earlier run's output")
     (out / "notes.txt").write_text("mine")  # not an output: stays
     upright = np.zeros((60, 36, 3), np.uint8)
     upright[:20] = 255  # a bright band at the top, as a viewer shows it
@@ -186,7 +186,8 @@ def test_overwrite_keeps_only_this_runs_outputs_and_maps_follow_exif(tmp_path, c
                "overwrite=true", f"hydra.run.dir={tmp_path / 'run2'}")
     for sub, suffix in (("maps", ".npy"), ("overlays", ".png")):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"good_000{suffix}", f"rotated{suffix}"], sub
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine" and not list((out / "masks").iterdir())
+    assert np.load(out / "maps" / "good_000.npy").ndim == 2  # rewritten by this run
     assert np.load(out / "maps" / "rotated.npy").shape == (60, 36)  # upright, as the image is shown
     overlay = np.asarray(Image.open(out / "overlays" / "rotated.png"))
     assert overlay.shape[:2] == (60, 36)
