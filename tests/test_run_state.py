@@ -95,8 +95,10 @@ def test_a_second_run_into_a_running_folder_is_refused_and_sigint_ends_the_first
         wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), first)
         log_before = (run_dir / "train.log").read_bytes()
         config_before = (run_dir / ".hydra" / "config.yaml").read_bytes()
+        first.send_signal(signal.SIGSTOP)  # alive, heartbeat fresh; the second's start-up gets the CPU meanwhile
         second = start_run(run_dir, "trainer.max_epochs=2")
         err = stderr_of(second)
+        first.send_signal(signal.SIGCONT)
         assert second.returncode == 2, err[-3000:]
         line = err.strip().splitlines()[-1]
         assert line.startswith("error: ") and "in use by a running run" in line and f"pid {first.pid}" in line
@@ -107,6 +109,7 @@ def test_a_second_run_into_a_running_folder_is_refused_and_sigint_ends_the_first
         assert status(run_dir)["pid"] == first.pid and status(run_dir)["state"] == "running"
         assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
     finally:
+        first.send_signal(signal.SIGCONT)
         first.send_signal(signal.SIGINT)
         err = stderr_of(first)
     assert first.returncode == 130, err[-3000:]
