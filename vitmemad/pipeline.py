@@ -12,6 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from vitmemad import config_check
 from vitmemad.config import net_parts, to_plain
 from vitmemad.report.run_curves import save_run_curves
 from vitmemad.run_dir import METRICS_FILE
@@ -124,6 +125,7 @@ def checkpoint_for_test(trainer: L.Trainer, which: str) -> str | None:
     if callback is None:
         return None
     best = getattr(callback, "best_model_path", "") if which == "best" else ""
+    config_check.require_best(best, which)  # no silent fallback to last
     return best or getattr(callback, "last_model_path", "") or None
 
 
