@@ -24,3 +24,24 @@ def run_module(module: str, *overrides: str, timeout: float = 300, check: bool =
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def load_report():
+    """experiments/report.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vitmemad_report_script", REPO_ROOT / "experiments" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_real_png(path: Path) -> None:
+    """A PNG that decodes, of a readable size (>= 300 x 200 px), that is not one flat colour."""
+    from PIL import Image
+
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as img:
+        img.load()
+        assert img.format == "PNG" and img.width >= 300 and img.height >= 200, (path, img.size)
+        assert any(lo != hi for lo, hi in img.convert("RGB").getextrema()), f"{path} is a single colour"

@@ -12,7 +12,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+from helpers import REPO_ROOT, TINY_DEMO, assert_real_png, load_report, read_metrics, run_module
+from vitmemad.metrics.curves import pro_area, roc_area
+from vitmemad.report import figures as report_figures
+from vitmemad.report.style import bar_series, labelled_lines
 from vitmemad.data import BTAD_PRODUCTS, DEMO_CATEGORIES, MVTEC_CATEGORIES
 from vitmemad.paper import ABLATIONS
 
@@ -150,6 +153,22 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
     # the paper's Table 6 I-AUROC column (82.2, 85.7, 84.5, 91.2) is printed beside the measured values
     assert [r.split("|")[5].strip() for r in rows] == ["82.2", "85.7", "84.5", "91.2"]
     assert len((sweep / "results.csv").read_text().strip().splitlines()) == 5
+    # every run stored its curves (re-integrating to its metrics) and drew curves.png; the report drew and
+    # embedded the figures: curves, ablation and per-defect charts of brick, one line or bar series per variant
+    for job in jobs:
+        m = read_metrics(job)
+        assert roc_area(m["curves"]["image_roc"]) == pytest.approx(m["image_AUROC"], abs=1e-3)
+        assert roc_area(m["curves"]["pixel_roc"]) == pytest.approx(m["pixel_AUROC"], abs=1e-3)
+        assert pro_area(m["curves"]["pro"]) == pytest.approx(m["PRO"], abs=1e-3)
+        assert_real_png(job / "curves.png")
+    names = sorted(p.name for p in (sweep / "figures").glob("*.png"))
+    assert names == ["demo_brick_ablation.png", "demo_brick_curves.png", "demo_brick_per_defect.png"]
+    for name in names:
+        assert_real_png(sweep / "figures" / name)
+        assert f"](figures/{name})" in md
+    specs = {name: build for _, name, _, build in report_figures.figure_specs(load_report().collect([sweep]))}
+    assert [len(labelled_lines(ax)) for ax in specs["demo_brick_curves"]().axes] == [4, 4]
+    assert len(bar_series(specs["demo_brick_ablation"]().axes[0])) == 4  # demo: no paper bars
 
 
 @pytest.mark.parametrize("model", ["vitmemad_real", "cae"])

@@ -168,4 +168,9 @@ def test_train_then_eval_round_trip(tmp_path, model):
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-9)
     assert evaluated["per_defect"] == pytest.approx(trained["per_defect"])
+    # eval re-derives the same curves from the checkpoint, and draws curves.png too
+    for key in ("image_roc", "pixel_roc", "pro"):
+        assert evaluated["curves"][key]["fpr"] == pytest.approx(trained["curves"][key]["fpr"], abs=1e-9)
+    assert evaluated["curves"]["image_roc"]["threshold"] == pytest.approx(trained["curves"]["image_roc"]["threshold"])
+    assert (run_dir / "curves.png").is_file() and (eval_dir / "curves.png").is_file()
     assert evaluated["train_seconds"] is None and evaluated["model"] == model

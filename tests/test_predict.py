@@ -159,3 +159,38 @@ def test_output_names_are_unique():
              Path("/d/x/a.jpg")]
     assert output_names(paths) == ["good__000", "crack__000", "001", "x__a_png", "x__a_jpg"]
     assert output_names([Path("a/b.png"), Path("a/c.png")]) == ["b", "c"]
+
+
+def write_rotated_jpeg(path: Path, upright: np.ndarray, orientation: int = 6) -> Path:
+    """Store ``upright`` turned so that a viewer applying EXIF ``orientation`` (6: turn 90° clockwise) shows it."""
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # 90° counter-clockwise: undone by orientation 6
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    return path
+
+
+def test_overwrite_keeps_only_this_runs_outputs_and_maps_follow_exif(tmp_path, ckpt, inputs):
+    out = tmp_path / "pred"
+    for name in ("predictions.csv", "maps/old.npy", "maps/good_000.npy", "overlays/old.png", "masks/old.png"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"an earlier run's output")
+    (out / "notes.txt").write_text("mine")  # not an output: stays
+    upright = np.zeros((60, 36, 3), np.uint8)
+    upright[:20] = 255  # a bright band at the top, as a viewer shows it
+    new = tmp_path / "new"
+    write_rotated_jpeg(new / "rotated.jpg", upright)
+    shutil.copy(inputs / "good_000.png", new / "good_000.png")
+    run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={new}", f"output={out}", "progress=false",
+               "overwrite=true", f"hydra.run.dir={tmp_path / 'run2'}")
+    for sub, suffix in (("maps", ".npy"), ("overlays", ".png")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"good_000{suffix}", f"rotated{suffix}"], sub
+    assert (out / "notes.txt").read_text() == "mine" and not list((out / "masks").iterdir())
+    assert np.load(out / "maps" / "good_000.npy").ndim == 2  # rewritten by this run
+    assert np.load(out / "maps" / "rotated.npy").shape == (60, 36)  # upright, as the image is shown
+    overlay = np.asarray(Image.open(out / "overlays" / "rotated.png"))
+    assert overlay.shape[:2] == (60, 36)
+    assert load_image(new / "rotated.jpg").size == (36, 60)
+    shown = np.asarray(load_image(new / "rotated.jpg").convert("L"))
+    assert shown[:20].mean() > 200 and shown[25:].mean() < 50  # the band is at the top

@@ -60,15 +60,17 @@ def assert_same_metrics(a: dict, b: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- resume
-def kill_after_checkpoint(run_dir: Path, epoch: int, timeout: float = 240) -> int:
-    """Start a run, SIGKILL it once last.ckpt holds `epoch` (or later) and the next epoch is under way.
+def kill_after_checkpoint(run_dir: Path, epoch: int, *extra: str, timeout: float = 240,
+                          sig: int = signal.SIGKILL) -> int:
+    """Start a run, SIGKILL it (or send `sig`) once last.ckpt holds `epoch` (or later) and the next epoch is under
+    way. The run's output goes to `killed.log` beside `run_dir`.
 
     Returns the epoch of the last.ckpt the run leaves behind. No test hook: it polls the file, which
     atomic saves keep complete at every instant.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
     with open(run_dir.parent / "killed.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "vitmemad.train", *RUN_ARGS, f"hydra.run.dir={run_dir}"],
+        proc = subprocess.Popen([sys.executable, "-m", "vitmemad.train", *RUN_ARGS, *extra, f"hydra.run.dir={run_dir}"],
                                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         last, seen = run_dir / "checkpoints" / "last.ckpt", None
         deadline = time.monotonic() + timeout
@@ -83,14 +85,15 @@ def kill_after_checkpoint(run_dir: Path, epoch: int, timeout: float = 240) -> in
                     seen = (stat.st_ino, stat.st_mtime_ns)
                     if torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= epoch:
                         time.sleep(0.1)  # into the next epoch
-                        proc.send_signal(signal.SIGKILL)
+                        proc.send_signal(sig)
                         break
                 time.sleep(0.02)
         finally:
             if proc.poll() is None and time.monotonic() >= deadline:
                 proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before it could be killed"
+    expected = -sig if sig == signal.SIGKILL else 128 + sig  # a caught signal ends the run with 128 + its number
+    assert proc.returncode == expected, f"the run ended ({proc.returncode}, not {expected}) before it was killed"
     return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
 
 

@@ -126,6 +126,23 @@ def test_offline_run_holds_hyperparameters_losses_metrics_and_memory(sweep, job,
     assert row["image_AUROC"] == pytest.approx(metrics["image_AUROC"])
     (defects_path,) = (run_dir / "files" / "media" / "table" / "test").glob("per_defect_*.table.json")
     assert {r[1] for r in json.loads(defects_path.read_text())["data"]} == {"patch", "scratch", "spot"}
+    # the curves of metrics.json as W&B line plots, the per-defect image AUROC as a bar plot
+    visualize = run["config"]["_wandb"]["value"]["visualize"] if "value" in run["config"]["_wandb"] \
+        else run["config"]["_wandb"]["visualize"]
+    for key, ykey in (("image_roc", "tpr"), ("pixel_roc", "tpr"), ("pro", "pro")):
+        panel = visualize[f"test/curves/{key}"]["panel_config"]
+        assert panel["panelDefId"] == "wandb/line/v0" and panel["fieldSettings"]["x"] == "fpr"
+        assert panel["fieldSettings"]["y"] == ykey
+        (curve_path,) = (run_dir / "files" / "media" / "table" / "test" / "curves").glob(f"{key}_table_*.table.json")
+        logged_curve = json.loads(curve_path.read_text())
+        assert logged_curve["columns"] == ["fpr", ykey]
+        stored = metrics["curves"][key]
+        assert [r[0] for r in logged_curve["data"]] == pytest.approx(stored["fpr"])
+        assert [r[1] for r in logged_curve["data"]] == pytest.approx(stored[ykey])
+    bars = visualize["test/charts/per_defect"]["panel_config"]
+    assert bars["panelDefId"] == "wandb/bar/v0" and bars["fieldSettings"] == {"label": "defect", "value": "image_AUROC"}
+    (chart_path,) = (run_dir / "files" / "media" / "table" / "test" / "charts").glob("per_defect_table_*.table.json")
+    assert dict(json.loads(chart_path.read_text())["data"]) == pytest.approx(metrics["per_defect"])
 
 
 def test_runs_of_one_sweep_are_separate_runs(sweep):

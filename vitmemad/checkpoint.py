@@ -5,6 +5,7 @@ export need nothing but its path.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,49 @@ class CheckpointError(VitmemadError, ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def check_file(path: str | Path) -> Path:
+    """``path`` as an existing file; a folder gets an error listing the checkpoints inside it."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(str(p.relative_to(path)) for p in [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")])
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint file; "
+            + (f"checkpoints inside it: {found}" if found else "it holds no .ckpt files")
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def _damage(path: Path) -> str:
+    """Why torch could not read ``path``, in words (PyTorch checkpoints are zip archives)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return f"the file is truncated or damaged ({size} bytes; an interrupted copy or download?)"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"the file holds text ({head[:24].decode(errors='replace')!r}...), not a PyTorch checkpoint"
+    if not zipfile.is_zipfile(path):
+        return f"not a PyTorch checkpoint (no zip archive; {size} bytes)"
+    return ""
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` of a file, with one-line errors that say what is wrong with it."""
+    path = check_file(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated files, pickles that need arbitrary code, ...
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from err
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # truncated files, text, pickles that need arbitrary code, ...
+        reason = _damage(path) or f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from err
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    ckpt = read_checkpoint(path)
     cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict) or "state_dict" not in ckpt:
         raise CheckpointError(

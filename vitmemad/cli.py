@@ -123,6 +123,13 @@ def _log_to_files(err: BaseException, message: str) -> None:
     _mark_logged(err)
 
 
+def _report(message: str, prefix: str) -> None:
+    """One line on stderr, and the same line in the run's log file."""
+    _emit(log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s%s", (prefix, message), None), files=True)
+    sys.stdout.flush()
+    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+
+
 def _mark_logged(err: BaseException) -> None:
     try:
         setattr(err, _LOGGED, True)
@@ -151,19 +158,31 @@ def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
     show_traceback = _env_flag(TRACEBACK_ENV) or _env_flag("HYDRA_FULL_ERROR")
     saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own traceback
+    from vitmemad import interrupts, run_state
     from vitmemad.config import rewrite_overrides
 
     sys.argv = [sys.argv[0], *rewrite_overrides(sys.argv[1:] if argv is None else argv)]  # old key spellings
+    restore_signals, code = interrupts.install(), 1
     try:
         try:
-            return main()
+            result, code = main(), 0
+            return result
         except StopBeforeRun as stop:
             raise stop.error from None
+    except (KeyboardInterrupt, SystemExit) as err:  # SIGINT 130, SIGTERM 143 (vitmemad/interrupts.py)
+        signalled = interrupts.exit_code(err)
+        if signalled is None:
+            code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)  # type: ignore[union-attr]
+            raise
+        code = signalled
+        _report(run_state.interrupted_message(interrupts.signal_name(code)), "interrupted: ")
+        raise SystemExit(code) from None
     except Exception as err:
         cause = user_error(err)
         if cause is None:
             _log_to_files(err, f"{type(err).__name__}: {err}")
             raise
+        code = EXIT_USER_ERROR
         message = one_line(cause)
         _log_to_files(err, message)
         if show_traceback:
@@ -172,6 +191,8 @@ def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
+        run_state.end(code)  # status.json: finished / failed / interrupted, with the exit code
+        restore_signals()
         sys.argv = saved_argv
         if saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -192,6 +213,13 @@ class LogJobErrors(_HydraCallback):
     failure after all jobs have run; in a single run only the log file gets it (``run`` prints
     the console line).
     """
+
+    def on_run_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        """Hand a single run's error to ``run`` before Hydra prints "Error executing job with overrides"."""
+        err = getattr(job_return, "_return_value", None)
+        if isinstance(err, Exception) and getattr(job_return, "status", None) is not None \
+                and job_return.status.name == "FAILED":
+            raise StopBeforeRun(err)
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -216,19 +244,24 @@ class LogJobErrors(_HydraCallback):
 
 
 class CheckRunDir(_HydraCallback):
-    """Hydra callback of ``vitmemad.train``: refuse a run directory that holds a finished run.
+    """Hydra callback of ``vitmemad.train``: refuse a run directory that a live run holds, that holds a finished
+    run, or a config that fails the start-up checks (``vitmemad.config_check``).
 
-    It runs before Hydra writes anything into the directory (``.hydra/``, the log), so the refused
-    run leaves the finished one exactly as it was. ``ckpt_path=last`` (resume) is allowed;
-    ``vitmemad.train.resume_path`` has the rules and checks again inside the job.
+    It runs before Hydra writes anything into the directory (``.hydra/``, the log, ``status.json``), so the refused
+    run leaves the other one exactly as it was. ``ckpt_path=last`` (resume) is allowed;
+    ``vitmemad.run_dir.resume_path`` has the rules and checks again inside the job.
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         from pathlib import Path
 
+        from vitmemad.config_check import check_train
         from vitmemad.run_dir import resume_path
+        from vitmemad.run_state import check_free, is_child_rank
 
         try:
-            resume_path(config.get("ckpt_path"), Path(str(config.hydra.run.dir)))
+            if not is_child_rank():  # DDP ranks share rank 0's folder
+                check_free(Path(str(config.hydra.run.dir)))  # a live run first: its folder is not finished yet
+            check_train(config, resume_path(config.get("ckpt_path"), Path(str(config.hydra.run.dir))))
         except (OSError, ValueError) as err:
             raise StopBeforeRun(err) from err

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vitmemad.metrics import PRO, ImageAUROC, PixelAUROC
+from vitmemad.metrics.curves import metric_curves
 from vitmemad.models.anomaly_map import resize_maps
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class TestEvaluator(nn.Module):
         self.records += [(float(s), int(l), str(d)) for s, l, d in zip(scores_t.cpu(), labels.cpu(), batch["defect"])]
         return scores_t
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self, image_threshold: float | None = None) -> dict[str, Any]:
+        """The metrics, the per-defect AUROC and the curves (``image_threshold`` is marked on the image ROC)."""
         records = gather_records(self.records)
         return {
             "image_AUROC": safe_compute(self.image_auroc, "image_AUROC"),
@@ -59,6 +61,7 @@ class TestEvaluator(nn.Module):
             "PRO": safe_compute(self.pro, "PRO") if self.has_masks else None,
             "per_defect": per_defect_auroc(records),
             "num_test_images": len(records),
+            "curves": metric_curves(self.image_auroc, self.pixel_auroc, self.pro, image_threshold),
         }
 
 

@@ -12,13 +12,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from vitmemad import config_check
 from vitmemad.config import net_parts, to_plain
+from vitmemad.report.run_curves import save_run_curves
 from vitmemad.run_dir import METRICS_FILE
 from vitmemad.utils.io import write_json
 from vitmemad.utils.provenance import provenance
 
 log = logging.getLogger(__name__)
 
+CURVES_FILE = "curves.png"
 
 def configure_threads(num_threads: int | None) -> None:
     """Use the cores we have, not a server's default; DDP ranks share them."""
@@ -91,11 +94,13 @@ def metrics_record(
         "anomaly_map": {k: v for k, v in (cfg.get("anomaly_map") or {}).items() if k != "_target_"},
         "pro_fpr_limit": cfg.get("metrics", {}).get("pro_fpr_limit", 0.3),
         "provenance": provenance(data_cfg.get("root") or data_cfg.get("normal_dir")),
+        "curves": results.get("curves"),
     }
 
 
 def write_test_outputs(output_dir: Path, record: dict[str, Any]) -> None:
     write_json(output_dir / METRICS_FILE, record)
+    save_run_curves(record.get("curves"), output_dir / CURVES_FILE, f"{record['model']} / {record['category']}")
     summary = ", ".join(
         f"{k}={record[k]:.4f}" if record[k] is not None else f"{k}=null" for k in ("image_AUROC", "pixel_AUROC", "PRO")
     )
@@ -120,6 +125,7 @@ def checkpoint_for_test(trainer: L.Trainer, which: str) -> str | None:
     if callback is None:
         return None
     best = getattr(callback, "best_model_path", "") if which == "best" else ""
+    config_check.require_best(best, which)  # no silent fallback to last
     return best or getattr(callback, "last_model_path", "") or None
 
 

@@ -72,8 +72,22 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             "or pass overwrite=true to replace them"
         )
     if existing:
-        log.warning("overwrite=true: replacing predictions in %s; files of an earlier run that this run does not "
-                    "rewrite stay in place (predictions.csv lists this run's images)", out)
+        log.warning("overwrite=true: replacing the predictions in %s (at the end, outputs of an earlier run that "
+                    "this run did not rewrite are removed)", out)
+
+
+def remove_stale_outputs(out: Path, written: set[str]) -> int:
+    """After ``overwrite=true``: remove the files an earlier run left in maps/, overlays/ and masks/ that this run
+    did not write, so the folder holds only this run's outputs. Other files and folders are not touched."""
+    removed = 0
+    for sub in SUBDIRS:
+        for path in sorted((out / sub).glob("*")) if (out / sub).is_dir() else []:
+            if path.is_file() and path.suffix in (".npy", ".png") and path.stem not in written:
+                path.unlink()
+                removed += 1
+    if removed:
+        log.info("overwrite=true: removed %d output file(s) of an earlier run from %s", removed, out)
+    return removed
 
 
 def _finite_or_none(value: Any, key: str) -> float | None:
@@ -188,6 +202,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     assert len(done) == len(paths), "every input gets exactly one record"
     write_output(out / CSV_FILE, _csv_bytes(done))
     write_json(out / JSON_FILE, done)
+    if cfg.get("overwrite", False):
+        remove_stale_outputs(out, {names[i] for i, r in enumerate(records) if r is not None and not r["error"]})
     n_err = sum(1 for r in done if r["error"])
     n_anom = sum(1 for r in done if r["label"] == 1)
     summary = (f"[vitmemad] predict: {len(done) - n_err} image(s) scored, {n_anom} anomalous, "

@@ -15,11 +15,11 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vitmemad import cli, config, pipeline
+from vitmemad import cli, config, config_check, pipeline
 from vitmemad.build import build_callbacks, build_datamodule, build_loggers, build_module
 from vitmemad.callbacks import SaveRunConfig
-from vitmemad.checkpoint import check_state_dict, load_checkpoint
 from vitmemad.callbacks.labelled_validation import check_optimized_metric
+from vitmemad.checkpoint import check_state_dict, load_checkpoint
 from vitmemad.run_dir import resume_path
 from vitmemad.utils import ddp_hydra, wandb_logging
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO
@@ -31,6 +31,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     resume = resume_path(cfg.get("ckpt_path"), output_dir)
     config.prepare(cfg)
+    config_check.check_train(cfg, resume)  # one-line errors naming the key, before any data set-up
     check_optimized_metric(cfg.get("optimized_metric"), cfg.get("data"))
     L.seed_everything(cfg.seed, workers=True)
     pipeline.configure_threads(cfg.get("num_threads"))

@@ -106,7 +106,7 @@ class AnomalyDataModule(L.LightningDataModule):
             return
         train_all, test = self.samples()
         if self.verify_files:
-            check_files([*train_all, *test])
+            check_files([*train_all, *test], f"{type(self).__name__} {self.category}")
         train, val = split_holdout(train_all, self.val_fraction, self.seed, salt=1)
         self.train_dataset = self._dataset(train, train=True)
         self.val_dataset = self._dataset(val, train=False)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DatasetError
 
@@ -66,14 +66,25 @@ def _reading(path: Path) -> Iterator[None]:
         raise DatasetError(f"Cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
+#: JPEG (lossy) masks are binarised at this level, not at > 0: compression noise around edges would count as defect
+LOSSY_MASK_THRESHOLD = 128
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")
+#: EXIF orientations that swap width and height
+_TRANSPOSED = (5, 6, 7, 8)
+
+
 def _open_checked(path: Path) -> Image.Image:
-    """Open and fully decode `path`; any failure becomes a DatasetError naming the file."""
+    """Open and fully decode `path` upright (its EXIF orientation applied, as viewers show it); any failure becomes
+    a DatasetError naming the file."""
     path = Path(path)
     with _reading(path):
         img = Image.open(path)
+        fmt = img.format
         # Pillow reads 16-bit-per-channel colour PNGs (raw mode "RGB;16B") as 8-bit RGB: remember it
         deep = any(";16" in str(getattr(tile, "args", "")) for tile in img.tile)
         img.load()  # decode now: catches truncated files (LOAD_TRUNCATED_IMAGES stays off)
+        img = ImageOps.exif_transpose(img)  # a no-op without an orientation tag
+        img.format = fmt
         if deep:
             img.info[_DEEP_KEY] = True
     return img
@@ -130,16 +141,29 @@ def load_image(path: Path | str) -> Image.Image:
         raise DatasetError(f"Cannot convert image {path} (mode {img.mode}) to RGB: {exc}") from exc
 
 
-def load_mask(path: Path | str) -> np.ndarray:
-    """Decode a ground-truth mask to a uint8 (H, W) array in {0, 1}: any value > 0 is anomalous."""
+def mask_values(path: Path | str) -> tuple[np.ndarray, bool]:
+    """A mask's raw levels as a (H, W) array (channels: their max; alpha ignored), and whether its format is lossy."""
     img = _open_checked(Path(path))
+    lossy = img.format in LOSSY_FORMATS
     if img.mode == "P":
         img = img.convert("L")
     arr = np.asarray(img)
     if arr.ndim == 3:
         channels = arr.shape[2]
         arr = arr[..., : 3 if channels >= 3 else 1].max(axis=2)  # ignore alpha
+    return arr, lossy
+
+
+def binarise_mask(arr: np.ndarray, lossy: bool) -> np.ndarray:
+    if lossy and arr.dtype == np.uint8:
+        return (arr >= LOSSY_MASK_THRESHOLD).astype(np.uint8)
     return (arr > 0).astype(np.uint8)
+
+
+def load_mask(path: Path | str) -> np.ndarray:
+    """Decode a ground-truth mask to a uint8 (H, W) array in {0, 1}: any value > 0 is anomalous, or for a lossy
+    (JPEG) mask any value >= ``LOSSY_MASK_THRESHOLD`` (``vitmemad.data.checks`` warns about such masks)."""
+    return binarise_mask(*mask_values(path))
 
 
 def verify_image_file(path: Path | str) -> None:
@@ -157,9 +181,11 @@ def verify_image_file(path: Path | str) -> None:
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) from the file header only (cheap; used for early mask checks)."""
+    """Upright (width, height) from the file header only (cheap; used for early mask checks): an EXIF orientation
+    that turns the image by 90 degrees swaps them."""
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            return (h, w) if img.getexif().get(0x0112) in _TRANSPOSED else (w, h)
     except Exception as exc:
         raise DatasetError(f"Cannot read image {path}: {type(exc).__name__}: {exc}") from exc

@@ -9,15 +9,13 @@ import numpy as np
 from .dataset import Sample
 from .errors import DatasetError
 from .io import image_size as file_image_size
-from .io import verify_image_file
 
 
-def check_files(samples: Sequence[Sample]) -> None:
-    """Every image and mask file is complete and readable (see ``io.verify_image_file``)."""
-    for s in samples:
-        verify_image_file(s.path)
-        if s.mask_path is not None:
-            verify_image_file(s.mask_path)
+def check_files(samples: Sequence[Sample], dataset: str = "dataset") -> None:
+    """Every image and mask file is complete and readable, and what it claims to be (``checks.check_dataset``)."""
+    from .checks import check_dataset
+
+    check_dataset(samples, dataset)
 
 
 def split_holdout(

@@ -63,6 +63,10 @@ class ImageAUROC(ListStateMetric):
         self.update(scores.reshape(-1, 1, 1), labels.reshape(-1, 1, 1))
 
     def compute(self) -> Tensor:
+        return torch.tensor(auroc_exact(*self.pos_neg()), dtype=torch.float64)
+
+    def pos_neg(self) -> tuple[np.ndarray, np.ndarray]:
+        """The anomalous and the normal images' scores (new arrays); ValueError where AUROC is undefined."""
         scores = _concat(self.scores, np.float32)
         labels = _concat(self.labels, np.float32) > 0
         n, n_pos = labels.size, int(labels.sum())
@@ -72,7 +76,7 @@ class ImageAUROC(ListStateMetric):
             raise ValueError(f"image AUROC is undefined: all {n} images are normal")
         if n_pos == n:
             raise ValueError(f"image AUROC is undefined: all {n} images are anomalous")
-        return torch.tensor(auroc_exact(scores[labels], scores[~labels]), dtype=torch.float64)
+        return scores[labels], scores[~labels]
 
 
 class PixelAUROC(ListStateMetric):
@@ -100,6 +104,10 @@ class PixelAUROC(ListStateMetric):
         self.neg.append(maps[~anomalous])
 
     def compute(self) -> Tensor:
+        return torch.tensor(auroc_exact(*self.pos_neg()), dtype=torch.float64)
+
+    def pos_neg(self) -> tuple[np.ndarray, np.ndarray]:
+        """The anomalous and the normal pixels' scores (new arrays); ValueError where AUROC is undefined."""
         pos, neg = _concat(self.pos, np.float32), _concat(self.neg, np.float32)
         if pos.size + neg.size == 0:
             raise ValueError("pixel AUROC has no data: call update() before compute()")
@@ -107,4 +115,4 @@ class PixelAUROC(ListStateMetric):
             raise ValueError("pixel AUROC is undefined: no anomalous pixel in the masks")
         if neg.size == 0:
             raise ValueError("pixel AUROC is undefined: every pixel is anomalous (no normal pixel)")
-        return torch.tensor(auroc_exact(pos, neg), dtype=torch.float64)
+        return pos, neg

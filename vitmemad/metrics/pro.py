@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 
 from ._base import ListStateMetric
+from ._binned import (
+    binned_counts, binned_curve, binned_pro, check_counts, label_regions, make_thresholds)
 from ._validate import check_batch, check_fpr_limit
-from .reference import EIGHT_CONNECTED, trapezoid
+from .reference import trapezoid
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 _BLOCK = 1 << 24
@@ -52,15 +53,6 @@ def _images(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray],
             raise RuntimeError("internal error: stored image shapes do not match the stored pixels")
         yield cur_map[pos:pos + n].reshape(h, w), cur_mask[pos:pos + n].reshape(h, w) > 0
         pos += n
-
-
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """8-connected labels of one image, the region count and each region's weight 1/size (index 0: 0)."""
-    labeled, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    sizes = np.bincount(labeled.ravel(), minlength=n + 1)
-    weights = np.zeros(n + 1)
-    weights[1:] = 1.0 / sizes[1:]
-    return labeled, n, weights
 
 
 def _ordered_bits(scores: np.ndarray) -> np.ndarray:
@@ -85,16 +77,16 @@ def _max_false_positives(n_ok: int, fpr_limit: float) -> int:
     return c
 
 
-def _check_counts(n_ok: int, n_anomalous: int) -> None:
-    if n_anomalous == 0:
-        raise ValueError("PRO is undefined: no anomalous pixel in the masks")
-    if n_ok == 0:
-        raise ValueError("PRO is undefined: no normal pixel in the masks (the FPR has no denominator)")
-
-
 def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray], shapes: np.ndarray,
               fpr_limit: float) -> float:
-    """Official PRO of the images stored as flat float32 map chunks, 0/1 mask chunks and (N,2) shapes.
+    """Official PRO of the images stored as flat float32 map chunks, 0/1 mask chunks and (N,2) shapes."""
+    fpr_limit = check_fpr_limit(fpr_limit)
+    return trapezoid(*exact_pro_curve(map_chunks, mask_chunks, shapes, fpr_limit), x_max=fpr_limit) / fpr_limit
+
+
+def exact_pro_curve(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray], shapes: np.ndarray,
+                    fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The official PRO polyline (FPR, PRO) up to the first point beyond ``fpr_limit``, then (1,1).
 
     The official curve has one point per distinct score t: (#normal >= t, PRO(t)). PRO(t) only changes at
     anomalous scores, so between two consecutive distinct anomalous scores a_(j-1) > a_j the curve is flat,
@@ -105,7 +97,7 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
     n_total = sum(m.size for m in map_chunks)
     n_anomalous = sum(int(np.count_nonzero(m)) for m in mask_chunks)
     n_ok = n_total - n_anomalous
-    _check_counts(n_ok, n_anomalous)
+    check_counts(n_ok, n_anomalous)
 
     # 1) t* = score of the first curve point beyond the limit (a normal pixel's score), in linear time; the
     #    normal scores >= t* end up in normals[kth:] (ties with t* may also sit below kth), then get sorted.
@@ -129,7 +121,7 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
     for scores, mask in _images(map_chunks, mask_chunks, shapes):
         if not mask.any():
             continue
-        labeled, n, weights = _label(mask)
+        labeled, n, weights = label_regions(mask)
         vals, lab = scores[mask], labeled[mask]
         sel = vals >= t_star
         region_id = lab[sel].astype(np.uint64) + np.uint64(n_regions)
@@ -162,47 +154,7 @@ def exact_pro(map_chunks: Sequence[np.ndarray], mask_chunks: Sequence[np.ndarray
     # at the limit: drop them, so the polyline and trapezoid()'s temporaries stay small.
     inner = np.zeros(fprs.size, dtype=bool)
     inner[1:-1] = (fprs[1:-1] == fprs[:-2]) & (fprs[1:-1] == fprs[2:])
-    return trapezoid(fprs[~inner], pros[~inner], x_max=fpr_limit) / fpr_limit
-
-
-def binned_counts(maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Histograms over threshold bins for one batch: normal-pixel counts and region-overlap weights.
-
-    Bin b(s) = number of thresholds <= s, in 0..K; a pixel counts as positive at threshold k iff b(s) > k.
-    """
-    k1 = len(thresholds) + 1
-    fp_hist = np.zeros(k1, dtype=np.int64)
-    pro_hist = np.zeros(k1, dtype=np.float64)
-    n_ok = n_regions = 0
-    for scores, mask in zip(maps, masks > 0):
-        labeled, n, weights = _label(mask)
-        bins = np.searchsorted(thresholds, scores.astype(np.float64), side="right")
-        fp_hist += np.bincount(bins[~mask], minlength=k1)
-        pro_hist += np.bincount(bins[mask], weights=weights[labeled[mask]], minlength=k1)
-        n_ok += int(mask.size - np.count_nonzero(mask))
-        n_regions += n
-    return fp_hist, pro_hist, n_ok, n_regions
-
-
-def binned_pro(fp_hist: np.ndarray, pro_hist: np.ndarray, n_ok: int, n_regions: int, fpr_limit: float) -> float:
-    """PRO from threshold-bin histograms: one curve point per threshold (in decreasing order)."""
-    fpr_limit = check_fpr_limit(fpr_limit)
-    _check_counts(n_ok, n_regions)
-    k = len(fp_hist) - 1
-    fprs = np.concatenate([[0.0], np.cumsum(fp_hist[::-1])[:k] / n_ok, [1.0]])
-    pros = np.concatenate([[0.0], np.cumsum(pro_hist[::-1])[:k] / n_regions, [1.0]])
-    np.clip(fprs, None, 1.0, out=fprs)
-    np.clip(pros, None, 1.0, out=pros)
-    return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
-
-
-def make_thresholds(num_thresholds: int, min_score: float, max_score: float) -> np.ndarray:
-    if int(num_thresholds) < 2:
-        raise ValueError(f"num_thresholds must be >= 2, got {num_thresholds}")
-    if not (np.isfinite(min_score) and np.isfinite(max_score) and min_score < max_score):
-        raise ValueError(f"need finite min_score < max_score, got {min_score}, {max_score}")
-    return np.linspace(float(min_score), float(max_score), int(num_thresholds))
+    return fprs[~inner], pros[~inner]
 
 
 def pro_score(anomaly_maps: Any, masks: Any, fpr_limit: float = 0.3, num_thresholds: int | None = None,
@@ -278,18 +230,20 @@ class PRO(ListStateMetric):
         self.num_regions += n_reg
 
     def compute(self) -> Tensor:
+        return torch.tensor(trapezoid(*self.curve(), x_max=self.fpr_limit) / self.fpr_limit, dtype=torch.float64)
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The polyline (FPR, PRO) that ``compute()`` integrates: exact up to the first point beyond the limit."""
         if self.num_thresholds is not None:
-            value = binned_pro(self.fp_hist.cpu().numpy(), self.pro_hist.cpu().numpy(),
-                               int(self.num_ok), int(self.num_regions), self.fpr_limit)
-            return torch.tensor(value, dtype=torch.float64)
+            return binned_curve(self.fp_hist.cpu().numpy(), self.pro_hist.cpu().numpy(),
+                                int(self.num_ok), int(self.num_regions))
         maps, masks, shapes = (_chunks(s) for s in (self.maps, self.masks, self.shapes))
         if not maps:
             raise ValueError("PRO has no data: call update() before compute()")
         shapes_np = np.concatenate(shapes).astype(np.int64).reshape(-1, 2)
         masks = [m if m.dtype == np.uint8 else (m > 0).astype(np.uint8) for m in masks]
         maps = [m.astype(np.float32, copy=False) for m in maps]
-        return torch.tensor(exact_pro(maps, masks, shapes_np, self.fpr_limit), dtype=torch.float64)
-
+        return exact_pro_curve(maps, masks, shapes_np, self.fpr_limit)
 
 def _chunks(state: Tensor | list[Tensor]) -> list[np.ndarray]:
     """A list state (or the single tensor torchmetrics leaves after a distributed sync) as numpy chunks."""

@@ -74,7 +74,7 @@ class AnomalyModule(L.LightningModule):
         return {"maps": maps, "reconstruction": recon, "scores": scores}
 
     def on_test_epoch_end(self) -> None:
-        self.test_results.update(self.evaluator.compute())
+        self.test_results.update(self.evaluator.compute(float(self.image_threshold)))
         for key in ("image_AUROC", "pixel_AUROC", "PRO"):
             if self.test_results[key] is not None:
                 self.log(f"test/{key}", self.test_results[key], rank_zero_only=True)

@@ -11,7 +11,9 @@ During training Lightning logs the hyperparameters (the resolved run config, und
 - ``test/summary``: a table with one row per category (this run's), so the tables of a sweep's runs
   concatenate into a per-category table in the W&B UI; ``test/per_defect``: image AUROC per defect type;
 - ``test/memory/usage`` (mean addressing weight of each memory item) and ``test/memory/top1_usage`` as
-  histograms over the item index.
+  histograms over the item index;
+- ``test/curves/image_roc``, ``test/curves/pixel_roc``, ``test/curves/pro``: line plots of metrics.json's
+  ``curves`` (left out when null), and ``test/charts/per_defect``, a bar plot of the per-defect image AUROC.
 
 Runs are offline unless WANDB_MODE says otherwise (``wandb sync <run dir>/wandb/offline-run-*`` uploads them).
 In a multirun every job gets the sweep folder's name as its W&B group.
@@ -29,6 +31,8 @@ SUMMARY_COLUMNS = (
     "dataset", "category", "model", "ablation", "seed", "epochs",
     "image_AUROC", "pixel_AUROC", "PRO", "num_test_images", "train_seconds",
 )
+#: metrics.json curve -> (its y key, the plot's title)
+CURVE_PLOTS = {"image_roc": ("tpr", "Image ROC"), "pixel_roc": ("tpr", "Pixel ROC"), "pro": ("pro", "PRO curve")}
 MEMORY_SCALARS = ("mean_entropy", "max_entropy", "unused_fraction", "never_top1_fraction", "mean_active_items")
 
 
@@ -118,11 +122,31 @@ def _log_one(logger: Any, record: dict[str, Any], examples: Path) -> None:
         columns=["category", "defect", "image_AUROC"],
         data=[[record.get("category"), d, v] for d, v in sorted((record.get("per_defect") or {}).items())],
     )
+    media.update(_charts(record))
     if examples.is_file():
         media["test/examples"] = wandb.Image(
             str(examples), caption="input | reconstruction | anomaly map | ground truth")
     run.log(media)
     run.summary.update(summary)
+
+
+def _charts(record: dict[str, Any]) -> dict[str, Any]:
+    """The curves as W&B line plots and the per-defect image AUROC as a bar plot."""
+    import wandb
+
+    charts: dict[str, Any] = {}
+    for key, (ykey, title) in CURVE_PLOTS.items():
+        curve = (record.get("curves") or {}).get(key)
+        if curve:
+            table = wandb.Table(columns=["fpr", ykey], data=[list(p) for p in zip(curve["fpr"], curve[ykey])])
+            charts[f"test/curves/{key}"] = wandb.plot.line(table, "fpr", ykey,
+                                                           title=f"{title}: {record.get('category')}")
+    defects = sorted((record.get("per_defect") or {}).items())
+    if defects:
+        table = wandb.Table(columns=["defect", "image_AUROC"], data=[list(d) for d in defects])
+        charts["test/charts/per_defect"] = wandb.plot.bar(table, "defect", "image_AUROC",
+                                                         title=f"Image AUROC per defect: {record.get('category')}")
+    return charts
 
 
 def finish(exit_code: int | None = None) -> None:
