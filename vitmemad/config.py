@@ -72,15 +72,20 @@ def net_parts(cfg: Any) -> set[str]:
     return {part for part in ABLATION_PARTS if part in net}
 
 
-def prepare(cfg: DictConfig) -> DictConfig:
-    """Apply ``debug_net`` and the ``ablation`` switches to the parts of ``model.net`` the model has (in place)."""
+def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """Apply ``debug_net`` and the ``ablation`` switches to the parts of ``model.net`` the model has (in place).
+
+    ``overrides`` are the command line's: a key given there wins over the debug preset's size for it.
+    """
     net = cfg.model.get("net") if cfg.get("model") is not None else None
     if net is None:
         return cfg
+    given = {o.lstrip("+~").partition("=")[0] for o in overrides}
     with open_dict(cfg):
         for part, values in (cfg.get("debug_net") or {}).items():
             if net.get(part) is not None:
-                net[part] = OmegaConf.merge(net[part], values)
+                keep = {k: v for k, v in values.items() if f"model.net.{part}.{k}" not in given}
+                net[part] = OmegaConf.merge(net[part], keep)
         ablation = cfg.get("ablation") or {}
         for part in net_parts(cfg):
             if not ablation.get(part, True):
@@ -95,8 +100,9 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (), *, hydra_
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=rewrite_overrides(overrides), return_hydra_config=hydra_config)
-    return prepare(cfg) if config_name == "train" else cfg
+        overrides = rewrite_overrides(overrides)
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
+    return prepare(cfg, overrides) if config_name == "train" else cfg
 
 
 def to_plain(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[str, Any]:

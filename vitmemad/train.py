@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     resume = resume_path(cfg.get("ckpt_path"), output_dir)
-    config.prepare(cfg)
+    config.prepare(cfg, HydraConfig.get().overrides.task)
     config_check.check_train(cfg, resume)  # one-line errors naming the key, before any data set-up
     check_optimized_metric(cfg.get("optimized_metric"), cfg.get("data"))
     L.seed_everything(cfg.seed, workers=True)

@@ -13,11 +13,20 @@ from .encoder import ViTEncoder
 from .feature_ae import FeatureMemAE
 from .loss import ReconstructionLoss
 from .memory import MemoryModule
-from .module import AnomalyModule
 from .patchcore import PatchCore
-from .patchcore_module import PatchCoreModule
-from .reconstruction_module import ReconstructionModule
 from .vitmemad import ViTMemAE
+
+#: the LightningModules, imported on first use: the nn.Modules above need neither Lightning nor the metrics
+_LIGHTNING = {"AnomalyModule": ".module", "PatchCoreModule": ".patchcore_module",
+              "ReconstructionModule": ".reconstruction_module"}
+
+
+def __getattr__(name: str):
+    if name in _LIGHTNING:
+        import importlib
+
+        return getattr(importlib.import_module(_LIGHTNING[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AnomalyMapGenerator", "AnomalyModule", "ConvAutoencoder", "CoordinateAttention", "FeatureMemAE", "MemoryModule",

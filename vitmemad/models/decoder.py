@@ -4,7 +4,7 @@ Six transposed convolutions map the (B, D, H/16, W/16) feature map back to the i
 upsample x2 (kernel 4, stride 2; 2^4 = 16) and two keep the size (kernel 3, stride 1). Every layer
 but the last is followed by BatchNorm + ReLU; the last by tanh, matching inputs in [-1, 1].
 
-Another patch size (an extension, `model.encoder.patch_size`) keeps the six layers and upsamples in
+Another patch size (an extension, `model.net.encoder.patch_size`) keeps the six layers and upsamples in
 the first log2(patch) of them, so a patch of 8 gives three x2 layers and three that keep the size.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def num_upsampling(patch_size: int) -> int:
     steps = patch_size.bit_length() - 1
     if patch_size < 2 or patch_size != 1 << steps or steps > NUM_LAYERS:
         raise ValueError(
-            f"model.encoder.patch_size must be a power of two from 2 to {1 << NUM_LAYERS}, got {patch_size}"
+            f"model.net.encoder.patch_size must be a power of two from 2 to {1 << NUM_LAYERS}, got {patch_size}"
         )
     return steps
 

@@ -9,4 +9,4 @@ def check_widths(expected: int, **parts: nn.Module | None) -> None:
     for name, part in parts.items():
         width = getattr(part, "dim", getattr(part, "channels", None))
         if part is not None and width != expected:
-            raise ValueError(f"model.{name} works on {width} channels, the encoder gives {expected}")
+            raise ValueError(f"model.net.{name} works on {width} channels, the encoder gives {expected}")
