@@ -139,7 +139,7 @@ def test_smaller_patch_keeps_six_layers_and_upsamples_by_the_patch():
 
 @pytest.mark.parametrize("patch_size", [12, 1, 128])
 def test_patch_size_that_the_decoder_cannot_undo_is_refused(patch_size):
-    with pytest.raises(ValueError, match="model.encoder.patch_size must be a power of two"):
+    with pytest.raises(ValueError, match="model.net.encoder.patch_size must be a power of two"):
         vit(image_size=384, patch_size=patch_size)
 
 
