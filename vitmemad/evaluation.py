@@ -6,7 +6,7 @@ torchmetrics states move with the model and sync across DDP ranks.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,10 +38,8 @@ class TestEvaluator(nn.Module):
 
     def update(self, maps: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """Maps (B, S, S) at the model's size; the batch's masks at native size. Returns the image scores (B,)."""
-        masks = batch["mask"]
         scores = []
-        for i, mask in enumerate(masks):
-            full = resize_maps(maps[i : i + 1], tuple(mask.shape[-2:]))
+        for full, mask in native_maps(maps, batch["mask"]):
             if self.has_masks:
                 self.pixel_auroc.update(full, mask[None])
                 self.pro.update(full, mask[None])
@@ -63,6 +61,12 @@ class TestEvaluator(nn.Module):
             "num_test_images": len(records),
             "curves": metric_curves(self.image_auroc, self.pixel_auroc, self.pro, image_threshold),
         }
+
+
+def native_maps(maps: torch.Tensor, masks: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each map (1, H0, W0) at its mask's native resolution, with the mask: where image scores are taken."""
+    for i, mask in enumerate(masks):
+        yield resize_maps(maps[i : i + 1], tuple(mask.shape[-2:])), mask
 
 
 def gather_records(records: list[Record]) -> list[Record]:

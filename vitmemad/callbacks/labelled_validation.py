@@ -12,8 +12,8 @@ import lightning as L
 import torch
 
 from vitmemad.errors import ConfigError
+from vitmemad.evaluation import native_maps
 from vitmemad.metrics import ImageAUROC
-from vitmemad.models.anomaly_map import resize_maps
 
 METRIC = "val/image_AUROC"
 
@@ -28,10 +28,7 @@ class LabelledValidation(L.Callback):
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
             for batch in loader:
                 maps, _ = pl_module.score(batch["image"].to(pl_module.device))
-                masks = batch["mask"]
-                scores = torch.stack(
-                    [resize_maps(maps[i : i + 1].float(), tuple(m.shape[-2:])).amax() for i, m in enumerate(masks)]
-                )
+                scores = torch.stack([full.amax() for full, _ in native_maps(maps.float(), batch["mask"])])
                 metric.update_scores(scores.float().cpu(), batch["label"].long())
         pl_module.log(METRIC, float(metric.compute()), on_epoch=True, sync_dist=False, rank_zero_only=False)
 
