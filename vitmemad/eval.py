@@ -10,7 +10,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vitmemad import cli, config, pipeline
+from vitmemad import cli, config, pipeline, trainer_precision
 from vitmemad.build import build_datamodule, build_module
 from vitmemad.callbacks import ExampleGrid, MemoryDiagnostics
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
@@ -40,6 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(run_cfg["model"])
     load_state_dict_strict(module, ckpt["state_dict"], cfg.ckpt_path)
     datamodule = build_datamodule(run_cfg["data"])
+    trainer_precision.resolve_trainer(cfg.trainer)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=False, max_epochs=1, callbacks=[ExampleGrid(), MemoryDiagnostics()]
     )

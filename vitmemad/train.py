@@ -15,7 +15,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vitmemad import cli, config, config_check, pipeline
+from vitmemad import cli, config, config_check, pipeline, trainer_precision
 from vitmemad.build import build_callbacks, build_datamodule, build_loggers, build_module
 from vitmemad.callbacks import SaveRunConfig
 from vitmemad.callbacks.labelled_validation import check_optimized_metric
@@ -35,6 +35,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_optimized_metric(cfg.get("optimized_metric"), cfg.get("data"))
     L.seed_everything(cfg.seed, workers=True)
     pipeline.configure_threads(cfg.get("num_threads"))
+    trainer_precision.resolve_trainer(cfg.trainer)  # bf16 only where the CPU has it
     run_cfg = pipeline.resolved_config(cfg)
     datamodule = build_datamodule(run_cfg["data"])
     module = build_module(run_cfg["model"])

@@ -16,6 +16,7 @@ from kornia.filters import gaussian_blur2d
 from torch import nn
 
 from .loss import ssim_map
+from .precision import float32_region
 
 # The per-pixel error terms each source adds up; "both" is their sum.
 SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim")}
@@ -41,12 +42,12 @@ class AnomalyMapGenerator(nn.Module):
         self.ssim_window = ssim_window
 
     def forward(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images -> (B, H, W) float32 anomaly map at the model's resolution."""
-        x, reconstruction = x.float(), reconstruction.float()
-        maps = torch.zeros_like(x[:, 0])
-        for term in SOURCE_TERMS[self.source]:
-            maps = maps + error_term(term, x, reconstruction, self.ssim_window)
-        return self.smooth(maps)
+        """(B, 3, H, W) images -> (B, H, W) float32 anomaly map at the model's resolution (also under autocast)."""
+        with float32_region(x, reconstruction) as (x, reconstruction):
+            maps = torch.zeros_like(x[:, 0])
+            for term in SOURCE_TERMS[self.source]:
+                maps = maps + error_term(term, x, reconstruction, self.ssim_window)
+            return self.smooth(maps)
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
         """Gaussian smoothing of (B, H, W) maps with ``sigma`` (a no-op for sigma = 0)."""
@@ -57,7 +58,8 @@ class AnomalyMapGenerator(nn.Module):
 
     def from_distances(self, distances: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, h, w) feature-space distances -> (B, H, W) float32 map: bilinear upsampling, then smoothing."""
-        return self.smooth(resize_maps(distances.float(), tuple(size)))
+        with float32_region(distances) as (distances,):
+            return self.smooth(resize_maps(distances, tuple(size)))
 
 
 def anomaly_maps(generator: AnomalyMapGenerator, images: torch.Tensor, out: dict) -> torch.Tensor:

@@ -13,12 +13,15 @@ import torch.nn.functional as F
 from kornia.metrics import ssim
 from torch import nn
 
+from .precision import float32_region
+
 DYNAMIC_RANGE = 2.0  # images are normalised to [-1, 1]
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11) -> torch.Tensor:
-    """Per-pixel SSIM, (B, C, H, W), computed in float32 for stability under autocast."""
-    return ssim(x.float(), y.float(), window_size, max_val=DYNAMIC_RANGE, padding="same")
+    """Per-pixel SSIM, (B, C, H, W), computed in float32 (its convolutions too) under autocast."""
+    with float32_region(x, y) as (x, y):
+        return ssim(x, y, window_size, max_val=DYNAMIC_RANGE, padding="same")
 
 
 def entropy_loss(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -43,11 +46,12 @@ class ReconstructionLoss(nn.Module):
     def forward(
         self, x: torch.Tensor, reconstruction: torch.Tensor, memory_weights: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        l2 = F.mse_loss(reconstruction.float(), x.float())
-        l_ssim = (1.0 - ssim_map(x, reconstruction, self.ssim_window)).mean()
-        recon = l2 + self.lambda_ssim * l_ssim
-        ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
-        total = self.lambda_recon * recon + self.lambda_ent * ent
+        with float32_region(x, reconstruction) as (x, reconstruction):  # the loss is never rounded to bf16
+            l2 = F.mse_loss(reconstruction, x)
+            l_ssim = (1.0 - ssim_map(x, reconstruction, self.ssim_window)).mean()
+            recon = l2 + self.lambda_ssim * l_ssim
+            ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
+            total = self.lambda_recon * recon + self.lambda_ent * ent
         return {"loss": total, "l2": l2, "ssim": l_ssim, "entropy": ent}
 
     def terms(self, x: torch.Tensor, out: dict) -> dict[str, torch.Tensor]:
@@ -59,6 +63,7 @@ class ReconstructionLoss(nn.Module):
     def feature_terms(self, feature_error: torch.Tensor,
                       memory_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Feature-space models: ``l2`` = mean of their per-position squared feature error (no SSIM term)."""
-        l2 = feature_error.float().mean()
-        ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
+        with float32_region(feature_error) as (feature_error,):
+            l2 = feature_error.mean()
+            ent = entropy_loss(memory_weights.float()) if memory_weights is not None else torch.zeros_like(l2)
         return {"loss": self.lambda_recon * l2 + self.lambda_ent * ent, "l2": l2, "entropy": ent}

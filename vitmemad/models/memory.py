@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import float32_region
+
 ADDRESSING = ("cosine", "dot")
 INITS = ("random", "features")
 
@@ -98,11 +100,12 @@ class MemoryModule(nn.Module):
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (reconstructed feature map (B, C, H, W), weights (B, H*W, N))."""
         b, c, h, w = feature_map.shape
-        queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
-        weights = self.address(queries)
-        if self.shrink_threshold > 0:
-            weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
-        out = weights @ self.items  # (B, HW, C), eq. 9
+        with float32_region(feature_map) as (feature_map,):  # weights ~1/N: below bfloat16's resolution
+            queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
+            weights = self.address(queries)
+            if self.shrink_threshold > 0:
+                weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
+            out = weights @ self.items  # (B, HW, C), eq. 9
         if self.training:
             with torch.no_grad():
                 share = weights.detach().float().reshape(-1, self.num_items).mean(dim=0)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .precision import float32_region
 from .pretrained import FeatureExtractor
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor,
     """Euclidean distance (Q,) from each query (Q, D) to its nearest bank row (M, D), in blocks of queries."""
     if bank.numel() == 0:
         raise RuntimeError("the memory bank is empty")
-    q = queries.float()
-    b = bank.float()
+    with float32_region(queries, bank) as (q, b):  # bf16 distances would merge into ties
+        return _nearest_distances(q, b, block_elements)
+
+
+def _nearest_distances(q: torch.Tensor, b: torch.Tensor, block_elements: int) -> torch.Tensor:
     b_sq = (b * b).sum(1)
     bt = b.t()
     step = max(1, block_elements // max(1, b.shape[0]))
@@ -128,7 +132,7 @@ class PatchCore(nn.Module):
     def collect(self, images: torch.Tensor) -> None:
         """Store the patch features of a batch of normal training images (on the CPU)."""
         feats = self.embed(images)
-        self._collected.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
+        self._collected.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).float().cpu())
 
     @property
     def has_pending_features(self) -> bool:
