@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitmemad import cli, config, pipeline, trainer_precision
 from vitmemad.build import build_datamodule, build_module
-from vitmemad.callbacks import ExampleGrid, MemoryDiagnostics
+from vitmemad.callbacks import ExampleGrid, LogProgress, MemoryDiagnostics
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg["data"])
     trainer_precision.resolve_trainer(cfg.trainer)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=False, max_epochs=1, callbacks=[ExampleGrid(), MemoryDiagnostics()]
-    )
-    trainer.test(module, datamodule=datamodule)
+        cfg.trainer, logger=False, max_epochs=1, callbacks=[ExampleGrid(), MemoryDiagnostics(), LogProgress()]
+    )  # LogProgress: no progress bar without a terminal
+    trainer.test(module, datamodule=datamodule, verbose=False)  # the results table of write_test_outputs instead
     record = pipeline.metrics_record(
         run_cfg, module, epochs=int(ckpt.get("epoch", -1)) + 1, train_seconds=None,
         ckpt_path=str(Path(cfg.ckpt_path).resolve()),

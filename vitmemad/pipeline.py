@@ -12,7 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vitmemad import config_check
+from vitmemad import config_check, console
 from vitmemad.config import net_parts, to_plain
 from vitmemad.report.run_curves import save_run_curves
 from vitmemad.run_dir import METRICS_FILE
@@ -98,14 +98,11 @@ def metrics_record(
     }
 
 
-def write_test_outputs(output_dir: Path, record: dict[str, Any]) -> None:
+def write_test_outputs(output_dir: Path, record: dict[str, Any], notes: list[str] | tuple[str, ...] = ()) -> None:
+    """metrics.json and curves.png; the metrics once on stdout as a table (``vitmemad.console``), ``notes`` below."""
     write_json(output_dir / METRICS_FILE, record)
     save_run_curves(record.get("curves"), output_dir / CURVES_FILE, f"{record['model']} / {record['category']}")
-    summary = ", ".join(
-        f"{k}={record[k]:.4f}" if record[k] is not None else f"{k}=null" for k in ("image_AUROC", "pixel_AUROC", "PRO")
-    )
-    log.info("%s: %s (%s)", record["category"], summary, output_dir / METRICS_FILE)
-    print(f"[vitmemad] {record['model']} / {record['category']}: {summary}")
+    console.print_results(record, output_dir / METRICS_FILE, notes)
 
 
 class Timer:

@@ -61,11 +61,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = pipeline.checkpoint_for_test(trainer, cfg.test_ckpt)
     test_trainer = pipeline.single_device_trainer(trainer, callbacks)
     if test_trainer is not None:  # rank 0 (or the only process) scores every test image once
-        test_trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        test_trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
         record = pipeline.metrics_record(
             run_cfg, module, epochs=trainer.current_epoch, train_seconds=round(timer.seconds, 2), ckpt_path=ckpt
         )
-        pipeline.write_test_outputs(output_dir, record)
+        pipeline.write_test_outputs(output_dir, record, wandb_logging.run_notes(test_trainer.loggers))
         wandb_logging.log_test_results(test_trainer.loggers, record, output_dir)
         result["metrics"] = record
     return result

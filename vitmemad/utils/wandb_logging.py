@@ -21,6 +21,7 @@ In a multirun every job gets the sweep folder's name as its W&B group.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -67,13 +68,45 @@ def choice_tags() -> list[str]:
             if choices.get(k) not in (None, "null")][:20]
 
 
+def _offline(kwargs: dict[str, Any]) -> bool:
+    return bool(kwargs.get("offline")) or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+
+
+def quiet_settings(offline: bool) -> Any:
+    """W&B settings without its console chatter (start banner, run history and summary at the end).
+
+    Offline, W&B is ``silent`` (nothing can go wrong on a network; the results table names the run folder);
+    online it is only ``quiet``, so its warnings and the run's address still show.
+    """
+    import wandb
+
+    return wandb.Settings(quiet=True, silent=offline)
+
+
 def wandb_logger(*, save_dir: str, group: str | None = None, tags: Iterable[str] = (), **kwargs: Any):
     """A Lightning ``WandbLogger``; ``group`` defaults to the sweep folder's name in a multirun."""
     from lightning.pytorch.loggers import WandbLogger
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     all_tags = list(dict.fromkeys([*(tags or []), *choice_tags()]))
-    return WandbLogger(save_dir=save_dir, group=group or sweep_group(), tags=all_tags, **kwargs)
+    kwargs.setdefault("settings", quiet_settings(_offline(kwargs)))
+    logger = WandbLogger(save_dir=save_dir, group=group or sweep_group(), tags=all_tags, **kwargs)
+    init = getattr(logger, "_wandb_init", {})
+    if init.get("anonymous", "") is None:  # Lightning passes anonymous=None, which W&B >= 0.2x warns about
+        del init["anonymous"]
+    return logger
+
+
+def run_notes(loggers: Iterable[Any]) -> list[str]:
+    """One line per W&B run: where it is and, offline, how to upload it (W&B itself is quiet)."""
+    notes = []
+    for logger in wandb_loggers(loggers):
+        run = logger.experiment
+        if getattr(run, "offline", False):  # run.url would warn that an offline run has none
+            notes.append(f"W&B run: {run.sync_dir} (upload with: wandb sync {run.sync_dir})")
+        elif getattr(run, "url", None):
+            notes.append(f"W&B run: {run.url}")
+    return notes
 
 
 def wandb_loggers(loggers: Iterable[Any]) -> list[Any]:
