@@ -87,10 +87,14 @@ def parse(path: Path) -> list[Command]:
             cmd = Command(line.split("  #")[0].strip(), real, argv)
             if argv[0] == "vitmemad":
                 cmd.task, cmd.args = argv[1], argv[2:]
-            elif argv[:2] == ["make", "demo"]:
+            elif argv[:2] == ["make", "demo"]:  # its recipe: `$(PY) -m vitmemad.train` or `.../vitmemad train`
                 recipe = _make_recipe("demo")
-                assert recipe[:3] == ["python", "-m", "vitmemad.train"], recipe
-                cmd.task, cmd.args = "train", recipe[3:]
+                if recipe[0].endswith("vitmemad"):
+                    cmd.task, cmd.args = recipe[1], recipe[2:]
+                else:
+                    assert recipe[:2] == ["python", "-m"] and recipe[2].startswith("vitmemad."), recipe
+                    cmd.task, cmd.args = recipe[2].split(".", 1)[1], recipe[3:]
+                assert cmd.task == "train", recipe
             commands.append(cmd)
     return commands
 
