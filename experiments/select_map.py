@@ -2,6 +2,7 @@
 
     python experiments/select_map.py CKPT... [--sources l2 ssim both] [--sigmas 0 2 4 8] [--part val]
                                              [--fraction 0.5] [--split-seed 0] [--out FILE.json]
+                                             [--precision 32-true|bf16-mixed]
 
 The map settings change nothing in training, so they are chosen after it, on labelled data that is not the
 test set: the test images are split by ``vitmemad.data.labelled_split.stratified_split`` (the same seeded,
@@ -46,13 +47,16 @@ def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
 
 
 @torch.no_grad()
-def raw_errors(module: AnomalyModule, items: list, ssim_window: int) -> dict[str, list[torch.Tensor]]:
+def raw_errors(module: AnomalyModule, items: list, ssim_window: int,
+               precision: str = "32-true") -> dict[str, list[torch.Tensor]]:
     """Unsmoothed per-pixel L2 and 1 - SSIM maps (S, S) of every item, at the model's resolution: the
-    pipeline's own error terms (``anomaly_map.error_term``), one list per term."""
+    pipeline's own error terms (``anomaly_map.error_term``), one list per term. ``precision`` is the forward
+    pass's, as ``trainer.precision`` spells it (``bf16-mixed``: under autocast, as the run tested)."""
     errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
     for item in items:
         image = item["image"][None].float()
-        recon = module.net(image)["reconstruction"].float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(precision).startswith("bf16")):
+            recon = module.net(image)["reconstruction"].float()
         for term, maps in errors.items():
             maps.append(error_term(term, image, recon, ssim_window)[0])
     return errors
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"],
+                        help="the forward pass's precision (default: the run's trainer.precision)")
     args = parser.parse_args(argv)
     rows = []
     for path in args.ckpts:
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(module.net, "decoder"):
             parser.error(f"{path}: not a reconstruction model (its anomaly map has no source to choose)")
         items = test_part(cfg, args.part, args.fraction, args.split_seed)
-        errors = raw_errors(module, items, module.anomaly_map.ssim_window)
+        precision = args.precision or cfg.get("trainer", {}).get("precision", "32-true")
+        errors = raw_errors(module, items, module.anomaly_map.ssim_window, precision)
         ckpt_rows = []
         for source in args.sources:
             for sigma in args.sigmas:
