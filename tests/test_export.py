@@ -2,6 +2,7 @@
 overwrites silently; the throughput benchmark runs both runtimes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.export import benchmark_inference, export, export_onnx, onnx_session
 from vitmemad.inference import calibrated_thresholds, image_size_of, load_module
 from vitmemad.models import AnomalyModule
+from vitmemad.onnx_model import PREPROCESS, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,11 @@ def test_export_cli_default_path_and_no_silent_overwrite(tmp_path, ckpt):
     image_thr, _ = calibrated_thresholds(module)
     assert float(meta["vitmemad.image_threshold"]) == pytest.approx(image_thr)
     assert int(meta["vitmemad.image_size"]) == image_size_of(module)
+    # What predict needs beyond the graph travels with it (vitmemad.onnx_model.read_metadata).
+    assert read_metadata(default, meta)["image_size"] == image_size_of(module)
+    assert json.loads(meta["vitmemad.preprocess"]) == PREPROCESS and json.loads(meta["vitmemad.postprocess"])
+    parity = json.loads(meta["vitmemad.parity"])
+    assert parity["atol"] == 1e-4 and 0 <= parity["max_abs_diff"] <= 1e-4 and parity["batch_sizes"] == [1, 3]
 
     before = default.read_bytes()
     refused = run_module("vitmemad.export", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run2'}", check=False)

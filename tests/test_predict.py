@@ -1,4 +1,5 @@
-"""`vitmemad.predict` end to end: a tiny checkpoint scores a folder of good, odd and broken files."""
+"""`vitmemad.predict` end to end: a tiny checkpoint scores a folder of good, odd and broken files; its exported
+ONNX file scores them the same way; bf16 gives float32 maps close to fp32 ones; pictures carry their legend."""
 from __future__ import annotations
 
 import csv
@@ -18,6 +19,7 @@ from vitmemad.data import DatasetError, load_image, preprocess, write_demo_datas
 from vitmemad.inference import calibrated_thresholds, image_size_of, list_inputs, load_module, output_names
 from vitmemad.models.anomaly_map import resize_maps
 from vitmemad.predict import COLUMNS
+from vitmemad.utils.overlay_legend import display_scale, legend_canvas_size
 
 GOOD = ("good_000", "scratch_000", "spot_000", "gray", "rgba_wide", "gray16")
 BAD = {  # file name -> a piece of the reason predictions.csv must give
@@ -72,8 +74,15 @@ def inputs(tmp_path_factory) -> Path:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == COLUMNS
+        assert tuple(reader.fieldnames) == COLUMNS == ("path", "score", "label", "threshold", "error",
+                                                       "score_normalized")  # appended after the contract's
         return list(reader)
+
+
+def has_colour_bar(region: np.ndarray) -> bool:
+    """A jet colour bar: strong blue and strong red pixels (the inputs' textures are grey or noise)."""
+    r, g, b = (region[..., i].astype(int) for i in range(3))
+    return bool(((b > 100) & (r < 40) & (g < 40)).any() and ((r > 100) & (g < 40) & (b < 40)).any())
 
 
 def test_predict_folder_with_good_odd_and_broken_files(tmp_path, ckpt, inputs):
@@ -108,15 +117,23 @@ def test_predict_folder_with_good_odd_and_broken_files(tmp_path, ckpt, inputs):
         assert score == pytest.approx(float(amap.max()), abs=1e-7) and rec["score"] == pytest.approx(score)
         assert float(row["threshold"]) == pytest.approx(image_thr) and rec["threshold"] == pytest.approx(image_thr)
         assert int(row["label"]) == rec["label"] == int(score > image_thr)
+        assert float(row["score_normalized"]) == pytest.approx(score / image_thr, rel=1e-12)
+        assert rec["score_normalized"] == pytest.approx(rec["score"] / rec["threshold"], rel=1e-12)
         with Image.open(out / "overlays" / f"{stem}.png") as overlay:
-            assert overlay.size == (w, h) and overlay.mode == "RGB"
+            assert overlay.size == legend_canvas_size(h, w) and overlay.mode == "RGB"
+            pixels = np.asarray(overlay.convert("RGB"))
+        k = display_scale(h, w)
+        assert overlay.width > w * k and overlay.height > h * k  # the colour bar and the verdict
+        if stem == "good_000":
+            assert has_colour_bar(pixels[:, w * k:])
         mask = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
         np.testing.assert_array_equal(mask > 0, amap > pixel_thr)
     for name, reason in BAD.items():
         row, rec = rows[name], by_name[name]
         assert reason in row["error"] and name in row["error"], row["error"]
-        assert row["score"] == row["label"] == "" and rec["score"] is None and rec["label"] is None
+        assert row["score"] == row["label"] == row["score_normalized"] == ""
+        assert rec["score"] is None and rec["label"] is None and rec["score_normalized"] is None
         stem = Path(name).stem
         assert not (out / "maps" / f"{stem}.npy").exists() and not (out / "overlays" / f"{stem}.png").exists()
     assert sorted(p.stem for p in (out / "maps").iterdir()) == sorted(GOOD)
@@ -132,11 +149,17 @@ def test_glob_threshold_override_and_overwrite(tmp_path, ckpt, inputs):
     out.mkdir()
     (out / "predictions.csv").write_text("old\n")
     common = [f"ckpt_path={ckpt}", f"input={inputs}/*_000.png", f"output={out}", "progress=false"]
-    run_module("vitmemad.predict", *common, "threshold=0.0", "overwrite=true", f"hydra.run.dir={tmp_path / 'run'}")
+    run_module("vitmemad.predict", *common, "threshold=0.0", "overwrite=true", "overlay_legend=false",
+               f"hydra.run.dir={tmp_path / 'run'}")
     rows = read_csv(out / "predictions.csv")
     assert sorted(Path(r["path"]).name for r in rows) == ["good_000.png", "scratch_000.png", "spot_000.png"]
     assert all(r["label"] == "1" and float(r["threshold"]) == 0.0 and r["error"] == "" for r in rows)
+    # A threshold of 0 gives no ratio: score_normalized is empty (null in JSON), the score is not.
+    assert all(r["score_normalized"] == "" and float(r["score"]) > 0 for r in rows)
+    assert all(r["score_normalized"] is None for r in json.loads((out / "predictions.json").read_text()))
     assert not (out / "masks").exists()
+    with Image.open(out / "overlays" / "good_000.png") as overlay:  # overlay_legend=false: the bare overlay
+        assert overlay.size == Image.open(inputs / "good_000.png").size
 
 
 def test_list_inputs(tmp_path, inputs):
@@ -190,7 +213,104 @@ def test_overwrite_keeps_only_this_runs_outputs_and_maps_follow_exif(tmp_path, c
     assert np.load(out / "maps" / "good_000.npy").ndim == 2  # rewritten by this run
     assert np.load(out / "maps" / "rotated.npy").shape == (60, 36)  # upright, as the image is shown
     overlay = np.asarray(Image.open(out / "overlays" / "rotated.png"))
-    assert overlay.shape[:2] == (60, 36)
+    assert overlay.shape[:2] == legend_canvas_size(60, 36)[::-1] != legend_canvas_size(36, 60)[::-1]  # upright too
     assert load_image(new / "rotated.jpg").size == (36, 60)
     shown = np.asarray(load_image(new / "rotated.jpg").convert("L"))
     assert shown[:20].mean() > 200 and shown[25:].mean() < 50  # the band is at the top
+
+
+# ---------------------------------------------------------------- pictures, ONNX, precision
+def predict_here(compose, ckpt, inputs, out: Path, *overrides: str) -> dict[str, dict]:
+    """predict in this process (the CLI's code path after Hydra); records by file name."""
+    from vitmemad.predict import predict
+
+    cfg = compose(f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}", "progress=false", "num_threads=1",
+                  *overrides, config_name="predict")
+    return {Path(r["path"]).name: r for r in predict(cfg)}
+
+
+def maps_of(out: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.load(p) for p in sorted((out / "maps").glob("*.npy"))}
+
+
+def test_examples_png_has_labels_scores_and_a_colour_bar(ckpt):
+    from vitmemad.utils.visualize import examples_figure_size
+
+    # TINY_DEMO's test set: 6 normal and 6 anomalous images -> 6 anomalous rows and 2 normal ones.
+    path = Path(ckpt).parents[1] / "examples.png"
+    with Image.open(path) as img:
+        assert img.size == examples_figure_size(8) and img.mode == "RGB"
+        pixels = np.asarray(img)
+    assert has_colour_bar(pixels[:, -int(0.15 * img.width):])  # right of (and within) the ground-truth column
+
+
+def test_onnx_file_predicts_like_its_checkpoint(tmp_path, compose, ckpt, inputs):
+    import onnx
+
+    from vitmemad.errors import VitmemadError
+    from vitmemad.export import export_onnx
+
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(load_module(ckpt), onnx_path)
+    from_ckpt = predict_here(compose, ckpt, inputs, tmp_path / "ckpt", "masks=true")
+    from_onnx = predict_here(compose, onnx_path, inputs, tmp_path / "onnx", "masks=true")
+    assert read_csv(tmp_path / "onnx" / "predictions.csv")  # same columns (checked inside)
+    assert list(from_onnx) == list(from_ckpt) and len(from_onnx) == len(GOOD) + len(BAD)
+    parity = json.loads({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["vitmemad.parity"])
+    assert parity["atol"] == 1e-4 and parity["max_abs_diff"] <= parity["atol"]
+    for name, ref in from_ckpt.items():
+        got = from_onnx[name]
+        assert got["threshold"] == ref["threshold"] and (got["error"] is None) == (ref["error"] is None)
+        if ref["error"] is None:
+            assert got["score"] == pytest.approx(ref["score"], abs=parity["atol"])
+            assert got["score_normalized"] == pytest.approx(got["score"] / got["threshold"], rel=1e-12)
+    ckpt_maps, onnx_maps = maps_of(tmp_path / "ckpt"), maps_of(tmp_path / "onnx")
+    assert sorted(onnx_maps) == sorted(GOOD) == sorted(ckpt_maps)
+    for stem, ref in ckpt_maps.items():
+        assert onnx_maps[stem].dtype == np.float32 and onnx_maps[stem].shape == ref.shape
+        np.testing.assert_allclose(onnx_maps[stem], ref, rtol=0, atol=parity["atol"])
+    assert sorted(p.name for p in (tmp_path / "onnx" / "overlays").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "ckpt" / "overlays").iterdir())
+    assert len(list((tmp_path / "onnx" / "masks").iterdir())) == len(GOOD)
+
+    # An ONNX file without vitmemad's metadata: one error naming the file, before anything is written.
+    bare = onnx.load(str(onnx_path))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(VitmemadError, match=r"bare\.onnx has no vitmemad metadata"):
+        predict_here(compose, tmp_path / "bare.onnx", inputs, tmp_path / "bare")
+    assert not (tmp_path / "bare" / "predictions.csv").exists()
+    proc = run_module("vitmemad.predict", f"ckpt_path={tmp_path / 'bare.onnx'}", f"input={inputs}",
+                      f"output={tmp_path / 'bare'}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'bare.onnx'} has no vitmemad metadata")
+
+
+def test_precision_key(tmp_path, compose, ckpt, inputs):
+    from vitmemad.errors import ConfigError
+
+    fp32 = predict_here(compose, ckpt, inputs, tmp_path / "fp32", "overlays=false")
+    bf16 = predict_here(compose, ckpt, inputs, tmp_path / "bf16", "overlays=false", "precision=bf16-mixed")
+    ref, got = maps_of(tmp_path / "fp32"), maps_of(tmp_path / "bf16")
+    assert sorted(got) == sorted(GOOD)
+    for stem in GOOD:
+        assert got[stem].dtype == np.float32 and got[stem].shape == ref[stem].shape
+        np.testing.assert_allclose(got[stem], ref[stem], rtol=0.02, atol=2e-3)
+        assert isinstance(bf16[f"{stem}.png"]["score"], float)
+        assert bf16[f"{stem}.png"]["score"] == pytest.approx(fp32[f"{stem}.png"]["score"], rel=0.02)
+    assert any(not np.array_equal(got[s], ref[s]) for s in GOOD)  # the forward pass did run in bfloat16
+
+    with pytest.raises(ConfigError, match="precision=fp16 is not supported"):
+        predict_here(compose, ckpt, inputs, tmp_path / "x", "precision=fp16")
+    with pytest.raises(ConfigError, match=r"precision=bf16-mixed is not available with ckpt_path=.*\.onnx"):
+        predict_here(compose, tmp_path / "model.onnx", inputs, tmp_path / "x", "precision=bf16-mixed")
+    assert not (tmp_path / "x").exists()  # refused before anything was read or written
+
+
+def test_normalized_score_is_empty_where_no_ratio_exists():
+    from vitmemad.predict import normalized_score
+
+    assert normalized_score(1.17, 0.18) == pytest.approx(6.5)
+    assert normalized_score(0.09, 0.18) == pytest.approx(0.5)
+    assert normalized_score(None, 0.18) is None and normalized_score(1.0, None) is None
+    assert normalized_score(1.0, 0.0) is None and normalized_score(1.0, -0.5) is None

@@ -7,7 +7,9 @@ size is dynamic. The model is exported in eval mode (BatchNorm running statistic
 TorchScript-based exporter (``dynamo=False``; the dynamo exporter needs onnxscript, which is not a
 dependency) at opset 17, then checked with ``onnx.checker`` and, by default, compared with PyTorch
 under onnxruntime on batches of 1 and 3 images (``atol``, default 1e-4) before it is moved into place.
-The calibrated thresholds, image size and anomaly-map settings are stored as ONNX metadata.
+What predict needs beyond the graph travels as ONNX metadata (`vitmemad.onnx_model`): the calibrated
+thresholds, the image size, the preprocessing and post-processing, the anomaly-map settings and the parity
+check's tolerance and result (``vitmemad.parity``), so ``predict ckpt_path=model.onnx`` needs nothing else.
 
 Default output: ``model.onnx`` beside the checkpoint. An existing file is never replaced unless
 ``overwrite=true``. `benchmark_inference` measures PyTorch and onnxruntime throughput side by side.
@@ -35,6 +37,7 @@ from vitmemad.config import to_plain
 from vitmemad.errors import VitmemadError
 from vitmemad.inference import ScoringModel, calibrated_thresholds, image_size_of, load_module
 from vitmemad.models.module import AnomalyModule
+from vitmemad.onnx_model import INPUT_NAME, OUTPUT_NAME, POSTPROCESS, PREPROCESS, onnx_session
 from vitmemad.utils.io import make_readable
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx",)
 DEFAULT_NAMES = {"onnx": "model.onnx"}
 DEFAULT_OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "images", "maps"
 TRACE_BATCH = 2  # traced with 2 images, verified with 1 and 3: the batch axis must stay dynamic
 VERIFY_BATCHES = (1, 3)
 
@@ -74,6 +76,7 @@ def synthetic_images(batch: int, image_size: int, seed: int = 0) -> torch.Tensor
 
 
 def onnx_metadata(module: AnomalyModule, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """Everything predict needs beyond the graph (read back by `vitmemad.onnx_model.read_metadata`)."""
     image_thr, pixel_thr = calibrated_thresholds(module)
     cfg = module.run_config
     meta = {
@@ -81,6 +84,8 @@ def onnx_metadata(module: AnomalyModule, extra: dict[str, Any] | None = None) ->
                           "resized to S x S with PIL bilinear",
         "vitmemad.output": f"{OUTPUT_NAME}: float32 (B, S, S) anomaly maps; image score = max of the map",
         "vitmemad.image_size": str(image_size_of(module)),
+        "vitmemad.preprocess": json.dumps(PREPROCESS),
+        "vitmemad.postprocess": json.dumps(POSTPROCESS),
         "vitmemad.image_threshold": json.dumps(image_thr),
         "vitmemad.pixel_threshold": json.dumps(pixel_thr),
         "vitmemad.anomaly_map": json.dumps({k: v for k, v in (cfg.get("anomaly_map") or {}).items()
@@ -106,16 +111,6 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)
         return
     tmp.unlink()
-
-
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def compare_with_torch(onnx_path: str | Path, module: AnomalyModule, batch_sizes=VERIFY_BATCHES) -> float:
@@ -164,17 +159,18 @@ def export_onnx(module: AnomalyModule, path: str | Path, *, opset: int = DEFAULT
             )
         model = onnx.load(str(tmp))
         onnx.checker.check_model(model)
-        model.doc_string = "vitmemad anomaly maps: images (B,3,S,S) in [-1,1] -> maps (B,S,S)"
-        for key, value in onnx_metadata(module, metadata).items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(model, str(tmp))
-        make_readable(tmp)  # mkstemp creates 0600
         max_diff = None
         if verify:
             max_diff = compare_with_torch(tmp, module)
             if not max_diff <= atol:
                 raise ExportError(f"onnxruntime's anomaly maps differ from PyTorch's by {max_diff:.3g} > atol={atol}")
+        parity = {"atol": atol, "max_abs_diff": max_diff, "batch_sizes": list(VERIFY_BATCHES)} if verify else None
+        model.doc_string = "vitmemad anomaly maps: images (B,3,S,S) in [-1,1] -> maps (B,S,S)"
+        for key, value in onnx_metadata(module, {"vitmemad.parity": json.dumps(parity), **(metadata or {})}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+        make_readable(tmp)  # mkstemp creates 0600
         _publish(tmp, path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)

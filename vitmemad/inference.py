@@ -80,15 +80,24 @@ def resolve_device(device: str | None) -> torch.device:
 
 class ScoringModel(nn.Module):
     """Images (B, 3, S, S) in [-1, 1] -> anomaly maps (B, S, S): reconstruction + map generator, or the
-    model's own feature-distance map, upsampled and smoothed (PatchCore, vitmemad_feat)."""
+    model's own feature-distance map, upsampled and smoothed (PatchCore, vitmemad_feat).
 
-    def __init__(self, module: AnomalyModule) -> None:
+    ``bf16``: the network's forward pass runs under ``torch.autocast(dtype=torch.bfloat16)``; the map (error
+    terms, smoothing) is computed in float32 from its outputs either way."""
+
+    def __init__(self, module: AnomalyModule, bf16: bool = False) -> None:
         super().__init__()
         self.net = module.net
         self.anomaly_map = module.anomaly_map
+        self.bf16 = bool(bf16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return anomaly_maps(self.anomaly_map, images, self.net(images))
+        if self.bf16:
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+                out = self.net(images)
+        else:
+            out = self.net(images)
+        return anomaly_maps(self.anomaly_map, images, out)
 
 
 # ---------------------------------------------------------------- inputs

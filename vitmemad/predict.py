@@ -1,14 +1,17 @@
 """`python -m vitmemad.predict ckpt_path=PATH input=PATH output=DIR`: score your own images.
 
-``input`` is a file, a folder or a glob. For every image, in ``output=DIR``:
+``ckpt_path`` is a checkpoint or an exported ``.onnx`` file (onnxruntime, float32; `vitmemad.scoring`), and
+``input`` a file, a folder or a glob. For every image, in ``output=DIR``:
 
 - ``maps/<stem>.npy``: float32 anomaly map at the image's own resolution (H, W);
-- ``overlays/<stem>.png``: the map as a jet heatmap over the image;
+- ``overlays/<stem>.png``: the map as a jet heatmap over the image, with a colour bar and the verdict
+  (``overlay_legend=false``: the bare H x W overlay);
 - ``masks/<stem>.png`` with ``masks=true``: map > pixel threshold, 0/255;
-- a record in ``predictions.csv`` (columns ``path, score, label, threshold, error``) and in
+- a record in ``predictions.csv`` (columns ``path, score, label, threshold, error, score_normalized``) and in
   ``predictions.json`` (the same records as a list). ``score`` is the maximum of the map, ``label``
-  1 when score > threshold (anomalous), else 0. Files that cannot be read (corrupt, truncated, not
-  an image, decompression bomb) get a record whose ``error`` says why; score and label stay empty.
+  1 when score > threshold (anomalous), else 0, ``score_normalized`` score / threshold (empty unless both are
+  defined and threshold > 0). Files that cannot be read (corrupt, truncated, not an image, decompression bomb)
+  get a record whose ``error`` says why; score and label stay empty.
 
 Thresholds come from the checkpoint (calibrated on normal validation images during training);
 ``threshold=`` replaces the image threshold, ``pixel_threshold=`` the pixel one. See docs/predict.md.
@@ -35,23 +38,22 @@ from vitmemad import cli, config, pipeline
 from vitmemad.errors import VitmemadError
 from vitmemad.inference import (
     PredictDataset,
-    calibrated_thresholds,
     collate_predict,
-    image_size_of,
     list_inputs,
-    load_module,
     output_names,
     overlay_scale,
     render_overlay,
-    resolve_device,
     write_output,
 )
+from vitmemad.scoring import check_precision, is_onnx, open_scorer
 from vitmemad.utils.io import write_json
+from vitmemad.utils.overlay_legend import legend_overlay_png
 from vitmemad.models.anomaly_map import resize_maps
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("path", "score", "label", "threshold", "error")
+CONTRACT_COLUMNS = ("path", "score", "label", "threshold", "error")
+COLUMNS = (*CONTRACT_COLUMNS, "score_normalized")  # appended after the contract's columns
 CSV_FILE = "predictions.csv"
 JSON_FILE = "predictions.json"
 SUBDIRS = ("maps", "overlays", "masks")
@@ -120,13 +122,24 @@ def _csv_bytes(records: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def normalized_score(score: float | None, threshold: float | None) -> float | None:
+    """score / threshold (1.0 is the threshold); None where either is undefined or threshold <= 0 (no ratio)."""
+    if score is None or threshold is None or not threshold > 0:
+        return None
+    return score / threshold
+
+
 def write_image_outputs(out: Path, name: str, amap: torch.Tensor, original: np.ndarray, image_thr: float | None,
-                        pixel_thr: float | None, overlays: bool) -> None:
-    """maps/<name>.npy; overlays/<name>.png when ``overlays``; masks/<name>.png when ``pixel_thr`` is given."""
+                        pixel_thr: float | None, overlays: bool, legend: bool = True) -> None:
+    """maps/<name>.npy; overlays/<name>.png when ``overlays`` (with colour bar and verdict when ``legend``);
+    masks/<name>.png when ``pixel_thr`` is given."""
     write_output(out / "maps" / f"{name}.npy", _npy_bytes(amap.numpy().astype(np.float32)))
     if overlays:
         vmin, vmax = overlay_scale(image_thr, amap)
-        write_output(out / "overlays" / f"{name}.png", _png_bytes(render_overlay(original, amap, vmin, vmax)))
+        overlay = render_overlay(original, amap, vmin, vmax)
+        png = legend_overlay_png(overlay, vmin, vmax, float(amap.max()), image_thr, over=bool(amap.max() > vmax)) \
+            if legend else _png_bytes(overlay)
+        write_output(out / "overlays" / f"{name}.png", png)
     if pixel_thr is not None:
         mask = (amap > pixel_thr).numpy().astype(np.uint8) * 255
         write_output(out / "masks" / f"{name}.png", _png_bytes(mask))
@@ -143,6 +156,7 @@ def _excluding_output(paths: list[Path], out: Path) -> list[Path]:
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Score every input image, write the outputs, return the records (one per input file)."""
+    precision = check_precision(cfg.get("precision", "32-true"), cfg.ckpt_path)  # before any slow work
     out = Path(str(cfg.output)).expanduser()
     check_output_dir(out, bool(cfg.get("overwrite", False)))
     if cfg.get("max_image_pixels") is not None:
@@ -153,25 +167,27 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if not paths:
         raise FileNotFoundError(f"input={cfg.input}: every matching file is inside output={out}")
 
-    device = resolve_device(cfg.get("device", "cpu"))
-    module = load_module(cfg.ckpt_path, device)
-    image_thr, pixel_thr = calibrated_thresholds(module)
+    scorer = open_scorer(cfg.ckpt_path, cfg.get("device", "cpu"), precision, cfg.get("num_threads"))
+    device = scorer.device
+    image_thr, pixel_thr = scorer.thresholds
     if cfg.get("threshold") is not None:
         image_thr = _finite_or_none(cfg.threshold, "threshold")
     if cfg.get("pixel_threshold") is not None:
         pixel_thr = _finite_or_none(cfg.pixel_threshold, "pixel_threshold")
     write_masks, write_overlays = bool(cfg.get("masks", False)), bool(cfg.get("overlays", True))
+    legend = bool(cfg.get("overlay_legend", True))
     if write_masks and pixel_thr is None:
         raise ValueError(f"masks=true needs a pixel threshold, but {cfg.ckpt_path} has none calibrated; "
                          "pass pixel_threshold=VALUE")
     if image_thr is None:
         log.warning("%s has no calibrated image threshold and threshold= was not given: labels stay empty",
                     cfg.ckpt_path)
-    log.info("Scoring %d file(s) from %s with %s (image threshold %s, pixel threshold %s) on %s",
-             len(paths), cfg.input, cfg.ckpt_path, image_thr, pixel_thr, device)
+    log.info("Scoring %d file(s) from %s with %s (image threshold %s, pixel threshold %s) on %s, %s",
+             len(paths), cfg.input, cfg.ckpt_path, image_thr, pixel_thr, device,
+             "onnxruntime float32" if is_onnx(cfg.ckpt_path) else f"precision {precision}")
 
     names = output_names(paths)
-    dataset = PredictDataset(paths, image_size_of(module), cfg.get("max_image_pixels"))
+    dataset = PredictDataset(paths, scorer.image_size, cfg.get("max_image_pixels"))
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers),
                         collate_fn=collate_predict)
     records: list[dict[str, Any] | None] = [None] * len(paths)
@@ -180,22 +196,23 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     with progress, torch.inference_mode():
         for batch in loader:
             if batch["images"] is not None:
-                maps, _ = module.score(batch["images"].to(device))
+                maps = scorer(batch["images"])  # float32 (B, S, S), whatever ran inside
                 for j, idx in enumerate(batch["ok"]):
-                    full = resize_maps(maps[j : j + 1].float(), batch["size"][idx])[0].cpu()
+                    full = resize_maps(maps[j : j + 1], batch["size"][idx])[0].cpu()
                     score = float(full.max())
                     if not math.isfinite(score):  # a broken checkpoint: say so rather than write NaN maps
                         batch["error"][idx] = f"the anomaly map is not finite ({score}); is the checkpoint broken?"
                         continue
                     write_image_outputs(out, names[idx], full, batch["original"][idx], image_thr,
-                                        pixel_thr if write_masks else None, write_overlays)
+                                        pixel_thr if write_masks else None, write_overlays, legend)
                     label = None if image_thr is None else int(score > image_thr)
                     records[idx] = {"path": str(paths[idx]), "score": score, "label": label,
-                                    "threshold": image_thr, "error": None}
+                                    "threshold": image_thr, "error": None,
+                                    "score_normalized": normalized_score(score, image_thr)}
             for idx, error in batch["error"].items():
                 log.warning("Skipping %s: %s", paths[idx], error)
                 records[idx] = {"path": str(paths[idx]), "score": None, "label": None,
-                                "threshold": image_thr, "error": error}
+                                "threshold": image_thr, "error": error, "score_normalized": None}
             progress.update(len(batch["index"]))
 
     done = [r for r in records if r is not None]

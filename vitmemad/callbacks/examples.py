@@ -1,4 +1,5 @@
-"""``examples.png``: a grid of test examples (input | reconstruction | anomaly map | ground truth)."""
+"""``examples.png``: a grid of test examples (input | reconstruction | anomaly map | ground truth), each row with
+its ground truth, its image score against the image threshold, and one colour bar for the maps' shared scale."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 
 from vitmemad.utils.visualize import save_examples
 
+KEYS = ("image", "reconstruction", "map", "mask", "label", "defect", "score")
+
 
 class ExampleGrid(L.Callback):
     """Keeps up to ``num_examples`` test images, anomalous ones first but a couple of normal ones for contrast,
@@ -20,15 +23,16 @@ class ExampleGrid(L.Callback):
         self.examples: dict[str, list[Any]] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.examples = {"image": [], "reconstruction": [], "map": [], "mask": []}
+        self.examples = {key: [] for key in KEYS}
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         images, recon, maps = batch["image"], outputs["reconstruction"], outputs["maps"]
+        scores = outputs.get("scores")
         for i in range(images.shape[0]):
             if len(self.examples["image"]) >= self.num_examples:
                 return
-            n_normal = sum(1 for m in self.examples["mask"] if m.sum() == 0)
+            n_normal = sum(1 for label in self.examples["label"] if label == 0)
             if int(batch["label"][i]) == 0 and n_normal >= self.num_normal:
                 continue
             mask = F.interpolate(batch["mask"][i][None, None].float(), size=tuple(images.shape[-2:]), mode="nearest")
@@ -36,7 +40,12 @@ class ExampleGrid(L.Callback):
             self.examples["reconstruction"].append(recon[i].detach().float().cpu() if recon is not None else None)
             self.examples["map"].append(maps[i].detach().float().cpu())
             self.examples["mask"].append(mask[0, 0].cpu())
+            self.examples["label"].append(int(batch["label"][i]))
+            self.examples["defect"].append(batch["defect"][i] if "defect" in batch else None)
+            self.examples["score"].append(float(scores[i]) if scores is not None else float(maps[i].max()))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.examples.get("image"):
-            save_examples(self.examples, Path(trainer.default_root_dir) / self.filename)
+            threshold = getattr(pl_module, "image_threshold", None)
+            threshold = float(threshold) if isinstance(threshold, torch.Tensor) else threshold
+            save_examples(self.examples, Path(trainer.default_root_dir) / self.filename, threshold)
