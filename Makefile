@@ -31,7 +31,7 @@ bench: install  ## benchmarks -> bench/results.json
 	$(PY) experiments/bench.py
 
 # The ablation table on a real category: experiment=cpu_real, Base / +M / +CA / +M+CA and the CAE, 3 seeds each,
-# then report.py. About 3.5 h on 2 cores for bottle (15 runs of 7-16 min); README "Results: real data".
+# then report.py. About 3.5 h on 2 cores for bottle (15 runs of 7-16 min); docs/results.md.
 MVTEC_ROOT ?= ../shared/data/mvtec
 CATEGORY ?= bottle
 REAL_OUT ?= outputs/real/$(CATEGORY)

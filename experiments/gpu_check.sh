@@ -15,7 +15,7 @@
 #   experiments/gpu_check.sh --device cpu --tiny --steps 2 --warmup 1   # a smoke test without a GPU
 #
 # Results: experiments/gpu_results/gpu_check_<date>_{eager,compile}.json (OUT_DIR overrides the folder),
-# plus one summary line per run. Commit them with the date (README "Benchmarks").
+# plus one summary line per run. Commit them with the date (docs/results.md, "Benchmarks").
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"

@@ -7,7 +7,7 @@
 The map settings change nothing in training, so they are chosen after it, on labelled data that is not the
 test set: the test images are split by ``vitmemad.data.labelled_split.stratified_split`` (the same seeded,
 stratified halves as ``data.labelled_val_fraction``), every setting is scored on ``--part val``, and the
-held-out ``--part test`` half is only read once the choice is made (README "Results: real data").
+held-out ``--part test`` half is only read once the choice is made (docs/results.md).
 The reconstruction is computed once per image; each setting then only smooths and scores it.
 
 Prints one JSON object per checkpoint and setting (image_AUROC, pixel_AUROC, PRO on the chosen part) and the

@@ -228,7 +228,7 @@ def test_patchcore_exports_to_onnx(patchcore_run, tmp_path):
 
 # ----------------------------------------------------------------------------- real data
 @pytest.mark.real
-@pytest.mark.slow  # measured 112-390 s on the shared 2-core machine under load (README, "Pretrained-feature models")
+@pytest.mark.slow  # measured 112-390 s on the shared 2-core machine under load (docs/models.md, "Pretrained-feature models")
 def test_patchcore_on_real_bottle(mvtec_root, tmp_path):
     """The issue's acceptance figures with the default preset: 256 px, maps at the masks' resolution."""
     run_module("vitmemad.train", "model=patchcore", "data=mvtec", f"data.root={mvtec_root}", "data.category=bottle",

@@ -95,7 +95,7 @@ def test_flop_count_includes_the_fused_attention_kernel():
                          [("base", False, False), ("m", True, False), ("ca", False, True), ("m_ca", True, True)])
 def test_the_vit_hands_the_decoder_a_channels_last_map(compose_plain, ablation, memory, coord_attention):
     """The decoder's convolutions run in channels_last because the feature map is a reshape of the tokens
-    (README "Benchmarks": forcing it NCHW is slower); a .contiguous() in between would lose that."""
+    (docs/results.md "Benchmarks": forcing it NCHW is slower); a .contiguous() in between would lose that."""
     from vitmemad.build import build_module
 
     cfg = compose_plain("model=vitmemad_cpu", f"ablation={ablation}", "debug=smoke", "data.image_size=32")
