@@ -65,12 +65,29 @@ def _code(err: SystemExit) -> int:
     return 1
 
 
+def _light_help(config_name: str) -> None:
+    """Hydra's ``--help`` / ``--hydra-help`` for ``conf/<config_name>.yaml`` without importing the command's module
+    (torch, Lightning): the same text in a second instead of many. It only composes the config."""
+    import hydra
+
+    from vitmemad.config import CONF_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def show_help(cfg: object) -> None:  # pragma: no cover  (Hydra prints the help and exits before calling it)
+        raise RuntimeError("Hydra ran the job instead of printing its help")
+
+    show_help()
+
+
 def run_hydra(module: str, args: Sequence[str]) -> int:
     """``python -m <module> ARGS`` in this process (the module ends through ``vitmemad.cli.run``)."""
     saved = sys.argv
     sys.argv = [saved[0], *args]
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if any(a in ("--help", "-h", "--hydra-help") for a in args):
+            _light_help(module.rpartition(".")[2])
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as err:
         return _code(err)
     finally:
