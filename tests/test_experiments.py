@@ -143,8 +143,8 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
         assert m["ablation"] == ablation and m["category"] == "brick" and m["dataset"] == "demo"
         assert m["epochs"] == 1  # debug=smoke shrinks the smoke experiment further
         assert (m["memory"] is not None) == (ablation in ("m", "m_ca"))
-    report = subprocess.run([sys.executable, "experiments/report.py", str(sweep)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    report = subprocess.run([sys.executable, "experiments/report.py", str(sweep), "--include-debug"],  # debug=smoke
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     md = (sweep / "results.md").read_text()
     section = md.split("### Ablation (Table 6 style)")[1].split("Gain over Base")[0]

@@ -8,7 +8,7 @@ existing make target, and for `vitmemad train` a config that composes). How a ru
 - `make demo`: its Makefile recipe with this Python; other make targets are only checked to exist (`make test`
   would run this suite);
 - `train` gets `debug=smoke num_threads=1` (and a handful of demo crops when no `data=` is given), eval,
-  predict and export `num_threads=1`; a command equal to an earlier one is not run twice;
+  predict and export `num_threads=1`, report `--include-debug`; a command equal to an earlier one is not run twice;
 - `my_images/good` and `my_images/new` are made from the demo data before the first command.
 Each command is checked right after it runs (later commands move `outputs/train/latest`).
 """
@@ -118,6 +118,8 @@ def _argv(cmd: Command) -> list[str]:
         args += ["debug=smoke", "num_threads=1"] + ([] if _arg(args, "data") else TINY_DEMO)
     elif cmd.task in ("eval", "predict", "export"):
         args += ["num_threads=1"]
+    elif cmd.task == "report":
+        args += ["--include-debug"]  # the trainings here are debug=smoke runs, which a report leaves out
     script = _console_script()
     if script is not None:
         return [str(script), cmd.task, *args]

@@ -399,3 +399,45 @@ def test_patchcore_row_in_the_ablation_table(runs, tmp_path):
         "Category", "runs", "epochs", "I-AUROC", "PatchCore", "P-AUROC", "PatchCore", "PRO", "PatchCore", "train s"]
     assert _table_after(md, "### demo: model `vitmemad_cpu`, ablation `base`")[0][3:9] == [
         "65.0 ± 7.1", "97.0", "60.0 ± 0.0", "97.0", "50.0 ± 0.0", "92.0"]
+
+
+# ----------------------------------------------------------------------------------- debug runs
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_debug_runs_are_left_out_unless_included(runs, tmp_path, capsys):
+    _write(runs, "smoke/0", debug="smoke", category="grass", image_AUROC=0.99, pixel_AUROC=0.99, PRO=0.99)
+    _write(runs, "smoke/1", debug="smoke", category="grass", seed=1, image_AUROC=0.98, pixel_AUROC=0.9, PRO=0.9)
+    _write(runs, "plain", debug=None, category="gravel", image_AUROC=0.5, pixel_AUROC=0.5, PRO=0.5)
+
+    assert report.main([str(runs), "--out", str(tmp_path / "default")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "debug" in line] == [
+        "note: left out 2 debug run(s) (debug: smoke); add --include-debug to report them"]
+    rows = _csv_rows(tmp_path / "default" / "results.csv")
+    assert len(rows) == 13 and {r["category"] for r in rows if r["dataset"] == "demo"} == {"brick", "gravel"}
+    md = (tmp_path / "default" / "results.md").read_text()
+    assert "grass" not in md and "debug runs" not in md
+
+    assert report.main([str(runs), "--out", str(tmp_path / "all"), "--include-debug"]) == 0
+    assert "left out" not in capsys.readouterr().err
+    rows = _csv_rows(tmp_path / "all" / "results.csv")
+    assert sorted(float(r["image_AUROC"]) for r in rows if r["category"] == "grass") == [0.98, 0.99]
+    md = (tmp_path / "all" / "results.md").read_text()
+    assert "**2 of these runs are debug runs (smoke)" in md
+    grass = next(r for r in _table_after(md, "### demo: model `vitmemad_cpu`, ablation `m_ca`") if r[0] == "grass")
+    assert grass[1:4] == ["2", "2", "98.5 ± 0.7"]
+
+
+def test_only_debug_runs_is_an_error_naming_the_flag(tmp_path, capsys):
+    _write(tmp_path, "smoke", debug="smoke", image_AUROC=0.9)
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: all 1 runs under" in err and "--include-debug" in err
+    assert not (tmp_path / "results.csv").exists()
+    assert report.main([str(tmp_path), "--include-debug"]) == 0
+    assert len(_csv_rows(tmp_path / "results.csv")) == 1

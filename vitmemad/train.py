@@ -21,7 +21,7 @@ from vitmemad.callbacks import SaveRunConfig
 from vitmemad.callbacks.labelled_validation import check_optimized_metric
 from vitmemad.checkpoint import check_state_dict, load_checkpoint
 from vitmemad.run_dir import resume_path
-from vitmemad.utils import ddp_hydra, wandb_logging
+from vitmemad.utils import ddp_hydra, tensorboard_logging, wandb_logging
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         pipeline.write_test_outputs(output_dir, record, wandb_logging.run_notes(test_trainer.loggers))
         wandb_logging.log_test_results(test_trainer.loggers, record, output_dir)
+        tensorboard_logging.log_test_results(test_trainer.loggers, record, output_dir, step=trainer.global_step)
         result["metrics"] = record
     return result
 
