@@ -12,10 +12,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_DEMO = ["debug=smoke", "data.n_train=24", "data.n_test_good=6", "data.n_test_defect=6", "data.crop_size=64"]
 
 
-def run_module(module: str, *overrides: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+def run_module(module: str, *overrides: str, timeout: float = 300, check: bool = True,
+               cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """``python -m module overrides`` in ``cwd`` (the checkout's package first on the path, wherever ``cwd`` is)."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

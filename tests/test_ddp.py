@@ -37,9 +37,11 @@ def test_ddp_cpu_multirun_writes_complete_metrics_and_scores_each_test_image_onc
     proc = run_module("vitmemad.train", "-m", "trainer=ddp_cpu", "ablation=base,m_ca", *TINY_DEMO, *ODD_TEST_SET,
                       f"hydra.sweep.dir={sweep}", timeout=240)
     assert proc.stdout.count("[vitmemad] vitmemad_cpu / brick") == 2, proc.stdout[-3000:]
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no stray sweep of a worker
-    for job, ablation in ((0, "base"), (1, "m_ca")):
-        run_dir = sweep / str(job)
+    jobs = {ablation: "+".join(sorted([f"ablation={ablation}", "trainer=ddp_cpu", *TINY_DEMO, *ODD_TEST_SET]))
+            .replace("=", "-") for ablation in ("base", "m_ca")}  # named by their overrides (Hydra sorts them)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(jobs.values())  # no stray worker sweep
+    for ablation, job in jobs.items():
+        run_dir = sweep / job
         assert (run_dir / "train_ddp_process_1.log").is_file()  # rank 1 logged into this job's folder
         trained = read_metrics(run_dir)
         assert trained["ablation"] == ablation and trained["epochs"] == 1
@@ -48,7 +50,7 @@ def test_ddp_cpu_multirun_writes_complete_metrics_and_scores_each_test_image_onc
         assert (run_dir / "examples.png").is_file()
 
     # the same checkpoint tested by a single process (as vitmemad.eval does, in this process): same keys, numbers
-    trained = read_metrics(sweep / "1")
+    trained = read_metrics(sweep / jobs["m_ca"])
     single = single_process_test(trained["ckpt_path"])
     assert set(trained) == set(single)
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):

@@ -159,10 +159,10 @@ def run(main: Callable[[], Any], argv: list[str] | None = None) -> Any:
     saved_env, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own traceback
     from vitmemad import console, interrupts, run_state
-    from vitmemad.config import rewrite_overrides
+    from vitmemad.config import register_resolvers, rewrite_overrides
 
     console.install()  # Lightning's chatter filtered by message (vitmemad/console.py)
-
+    register_resolvers()  # the run folder's name (conf/hydra/default.yaml) is resolved by them
     sys.argv = [sys.argv[0], *rewrite_overrides(sys.argv[1:] if argv is None else argv)]  # old key spellings
     restore_signals, code = interrupts.install(), 1
     try:

@@ -8,6 +8,7 @@ than ``STALE_SECONDS``) does not block a resume, nor does one left by the same S
 another node). DDP worker ranks (relaunched by Lightning into the same folder) never touch the file.
 ``metrics.json`` exists only while the state is ``finished``: a resume moves a finished run's file aside
 (``metrics.previous.json``), a run that fails after writing one moves it to ``metrics.unfinished.json``.
+A finished run moves its task's ``latest`` link to its folder (``vitmemad.run_latest``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vitmemad.errors import VitmemadError
+from vitmemad.run_latest import latest_link, point_latest
 from vitmemad.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -107,9 +109,10 @@ def check_free(run_dir: str | Path) -> None:
 class RunState:
     """This process's claim on a run folder; keeps the heartbeat until ``end``."""
 
-    def __init__(self, run_dir: str | Path, resume_hint: str | None = None) -> None:
+    def __init__(self, run_dir: str | Path, resume_hint: str | None = None, latest: Path | None = None) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.resume_hint = resume_hint
+        self.latest = latest  # the task's `latest` link, moved here once the run finishes (vitmemad.run_latest)
         self.status: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -160,6 +163,8 @@ class RunState:
                 os.replace(metrics, self.run_dir / "metrics.unfinished.json")
             self.status.update(state=state, heartbeat=now_iso(), exit_code=exit_code)
             write_json(self.path, self.status)
+            if state == "finished" and self.latest is not None:
+                point_latest(self.latest, self.run_dir)
         log.debug("run state: %s (exit code %d) in %s", state, exit_code, self.path)
 
 
@@ -170,14 +175,15 @@ def current() -> RunState | None:
     return _current
 
 
-def claim(run_dir: str | Path, resume_hint: str | None = None) -> RunState | None:
-    """Claim ``run_dir`` for this process (rank 0 only); the previous claim of this process is ended first."""
+def claim(run_dir: str | Path, resume_hint: str | None = None, latest: Path | None = None) -> RunState | None:
+    """Claim ``run_dir`` for this process (rank 0 only); the previous claim of this process is ended first.
+    ``latest``: the link to point to ``run_dir`` once it finishes."""
     global _current
     if is_child_rank():
         return None
     if _current is not None:
         end(0)
-    _current = RunState(run_dir, resume_hint).claim()
+    _current = RunState(run_dir, resume_hint, latest).claim()
     return _current
 
 
@@ -233,13 +239,15 @@ class TrackRunState(_HydraCallback):
 
     @staticmethod
     def _claim(config: Any, run_dir: Path) -> None:
+        from omegaconf import OmegaConf
+
         from vitmemad.cli import StopBeforeRun
 
         hint = None
         if config.get("task_name") == "train":
             hint = resume_command(list(config.hydra.overrides.task), run_dir.absolute())
         try:
-            claim(run_dir, hint)
+            claim(run_dir, hint, latest_link(run_dir, OmegaConf.select(config, "paths.root"), config.get("task_name")))
         except RunFolderBusy as err:
             raise StopBeforeRun(err) from err
 
