@@ -95,6 +95,21 @@ def check_keys(cfg: DictConfig, rules=TRAIN_RULES) -> None:
             raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
+#: what a mandatory data key (``???`` in conf/data/) is, for its error line
+REQUIRED_DATA = {"normal_dir": "the folder of normal (good) images to train on, e.g. data.normal_dir=imgs/good"}
+
+
+def check_required(cfg: DictConfig | dict) -> None:
+    """A mandatory ``data`` key that was not given: one line naming it, before Hydra writes the run folder."""
+    data = select(cfg, "data")
+    if not isinstance(data, DictConfig):
+        return
+    for key in data:
+        if OmegaConf.is_missing(data, key):
+            what = REQUIRED_DATA.get(str(key), "a value")
+            raise ConfigError(f"data.{key} is required with data={select(cfg, 'data.name')}: {what}")
+
+
 def check_resume(max_epochs: Any, ckpt_path: str | Path) -> None:
     """A resume must not ask for fewer epochs than the checkpoint has completed."""
     from vitmemad.checkpoint import read_checkpoint
@@ -111,6 +126,7 @@ def check_resume(max_epochs: Any, ckpt_path: str | Path) -> None:
 
 def check_train(cfg: DictConfig, resume: str | None) -> None:
     """Every start-up check of ``vitmemad.train``: keys, the test checkpoint choice, the resume epochs."""
+    check_required(cfg)
     check_keys(cfg)
     if select(cfg, "test_ckpt") == "best" and select(cfg, "data.val_fraction") == 0:
         raise ConfigError(

@@ -14,6 +14,7 @@ from vitmemad import cli, config, pipeline, trainer_precision
 from vitmemad.build import build_datamodule, build_module
 from vitmemad.callbacks import ExampleGrid, LogProgress, MemoryDiagnostics
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
+from vitmemad.errors import ConfigError
 
 log = logging.getLogger(__name__)
 OVERRIDABLE = ("data", "anomaly_map", "metrics")
@@ -40,6 +41,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(run_cfg["model"])
     load_state_dict_strict(module, ckpt["state_dict"], cfg.ckpt_path)
     datamodule = build_datamodule(run_cfg["data"])
+    if not getattr(datamodule, "has_anomalies", True):
+        raise ConfigError(f"nothing to test: the test set of {cfg.ckpt_path} has no abnormal images; "
+                          "give data.abnormal_dir=DIR [data.mask_dir=DIR]")
     trainer_precision.resolve_trainer(cfg.trainer)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=False, max_epochs=1, callbacks=[ExampleGrid(), MemoryDiagnostics(), LogProgress()]

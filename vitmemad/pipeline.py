@@ -105,6 +105,16 @@ def write_test_outputs(output_dir: Path, record: dict[str, Any], notes: list[str
     console.print_results(record, output_dir / METRICS_FILE, notes)
 
 
+def can_test(datamodule: L.LightningDataModule, ckpt: str | None = None) -> bool:
+    """Whether the test set has an anomalous image; without one, say so once (no metric is defined)."""
+    if getattr(datamodule, "has_anomalies", True):
+        return True
+    log.warning("no test: no abnormal images (give data.abnormal_dir to test: python -m vitmemad.eval "
+                "ckpt_path=%s data.abnormal_dir=DIR [data.mask_dir=DIR]); the metrics in metrics.json are null",
+                ckpt or "CKPT")
+    return False
+
+
 class Timer:
     def __enter__(self) -> "Timer":
         self.start = time.perf_counter()

@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = pipeline.checkpoint_for_test(trainer, cfg.test_ckpt)
     test_trainer = pipeline.single_device_trainer(trainer, callbacks)
     if test_trainer is not None:  # rank 0 (or the only process) scores every test image once
-        test_trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+        if pipeline.can_test(datamodule, ckpt):  # else metrics.json holds nulls; the checkpoint and thresholds are kept
+            test_trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
         record = pipeline.metrics_record(
             run_cfg, module, epochs=trainer.current_epoch, train_seconds=round(timer.seconds, 2), ckpt_path=ckpt
         )

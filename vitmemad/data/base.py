@@ -96,6 +96,11 @@ class AnomalyDataModule(L.LightningDataModule):
         return self._samples
 
     @property
+    def has_anomalies(self) -> bool:
+        """Whether the test set holds an anomalous image: without one no test metric is defined."""
+        return any(s.label != 0 for s in self.samples()[1])
+
+    @property
     def num_test_images(self) -> int:
         self._require_setup()
         return len(self.test_dataset)

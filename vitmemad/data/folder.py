@@ -1,11 +1,14 @@
 """Users' own images in plain folders as a LightningDataModule.
 
 - normal_dir: normal images (files directly inside; subfolders are ignored).
-- abnormal_dir: anomalous images, directly inside (defect "abnormal") and/or in one level
-  of subfolders (defect = subfolder name).
+- abnormal_dir: optional; anomalous images, directly inside (defect "abnormal") and/or in one
+  level of subfolders (defect = subfolder name). Without it the model trains on normal_dir alone
+  (validation and thresholds come from its held-out normal images) and there is nothing to test
+  (``has_anomalies`` is False) until ``vitmemad.eval ckpt_path=... data.abnormal_dir=DIR``.
 - normal_test_dir: normal test images. If omitted, a seeded `test_fraction` hold-out of
   normal_dir becomes the normal part of the test set (it is removed from training first;
-  the validation hold-out is then taken from what remains).
+  the validation hold-out is then taken from what remains). The split does not depend on
+  abnormal_dir, so testing later holds out exactly the images that training did not see.
 - mask_dir: optional; the mask of image <stem> is <stem>.png or <stem>_mask.png, looked up
   first under mask_dir/<subfolder>/ (same relative place) and then directly in mask_dir.
   Without it, labels come from the folders, masks are all zeros and `has_masks` is False.
@@ -40,8 +43,8 @@ class FolderDataModule(AnomalyDataModule):
 
     def __init__(
         self,
-        normal_dir: str | Path,
-        abnormal_dir: str | Path,
+        normal_dir: str | Path | None = None,
+        abnormal_dir: str | Path | None = None,
         mask_dir: str | Path | None = None,
         normal_test_dir: str | Path | None = None,
         *,
@@ -71,8 +74,8 @@ class FolderDataModule(AnomalyDataModule):
         self.category = category or (self.normal_dir.parent.name if self.normal_dir else "folder") or "folder"
 
     def _collect(self) -> tuple[list[Sample], list[Sample]]:
-        if self.normal_dir is None or self.abnormal_dir is None:
-            raise DatasetError("FolderDataModule needs data.normal_dir and data.abnormal_dir")
+        if self.normal_dir is None:
+            raise DatasetError("data=folder needs data.normal_dir: the folder of normal (good) images to train on")
         normals = [Sample(str(p), 0, NORMAL) for p in require_images(self.normal_dir, "Normal", list_images)]
         if self.normal_test_dir is not None:
             train = normals
@@ -85,6 +88,10 @@ class FolderDataModule(AnomalyDataModule):
             train, test = split_holdout(normals, self.test_fraction, self.seed, salt=2)
         if self.mask_dir is not None and not self.mask_dir.is_dir():
             raise DatasetError(f"Mask folder not found: {self.mask_dir}")
+        if self.abnormal_dir is None:
+            if self.mask_dir is not None:
+                raise DatasetError(f"data.mask_dir={self.mask_dir} needs data.abnormal_dir (the images it masks)")
+            return train, test
         require_images(self.abnormal_dir, "Abnormal", lambda d: [p for p, _ in _abnormal_images(d)])
         for img, defect in _abnormal_images(self.abnormal_dir):
             test.append(Sample(str(img), 1, defect, self._mask_for(img, defect)))
