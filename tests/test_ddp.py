@@ -37,8 +37,9 @@ def test_ddp_cpu_multirun_writes_complete_metrics_and_scores_each_test_image_onc
     proc = run_module("vitmemad.train", "-m", "trainer=ddp_cpu", "ablation=base,m_ca", *TINY_DEMO, *ODD_TEST_SET,
                       f"hydra.sweep.dir={sweep}", timeout=240)
     assert proc.stdout.count("[vitmemad] vitmemad_cpu / brick") == 2, proc.stdout[-3000:]
-    jobs = {ablation: "+".join(sorted([f"ablation={ablation}", "trainer=ddp_cpu", *TINY_DEMO, *ODD_TEST_SET]))
-            .replace("=", "-") for ablation in ("base", "m_ca")}  # named by their overrides (Hydra sorts them)
+    given = dict(o.split("=", 1) for o in ("trainer=ddp_cpu", *TINY_DEMO, *ODD_TEST_SET))  # a later value wins
+    jobs = {ablation: "+".join(sorted(f"{k}-{v}" for k, v in {**given, "ablation": ablation}.items()))
+            for ablation in ("base", "m_ca")}  # named by their overrides, sorted
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(jobs.values())  # no stray worker sweep
     for ablation, job in jobs.items():
         run_dir = sweep / job

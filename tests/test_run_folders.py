@@ -116,3 +116,18 @@ def test_sweep_jobs_are_named_by_their_overrides_and_resume_and_refusal_still_wo
     refused = run_module("vitmemad.train", "ablation=base", *TINY_DEMO, f"hydra.run.dir={jobs['base']}",
                          cwd=tmp_path, check=False, timeout=120)
     assert refused.returncode == 2 and "already holds a finished run" in refused.stderr
+
+
+@pytest.mark.parametrize("folder", ["/runs/sweep/ablation-base+seed-0", "/runs/my sweep/ablation=base,seed=0",
+                                    '/runs/odd "name"\\x', '/runs/a\\"b', '/runs/end\\'])
+def test_the_printed_resume_command_gives_hydra_the_folder_back(folder):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vitmemad.run_state import resume_command
+
+    words = shlex.split(resume_command(["ablation=base"], Path(folder)))
+    (run_dir,) = [w for w in words if w.startswith("hydra.run.dir=")]
+    assert OverridesParser.create().parse_overrides([run_dir])[0].value() == folder
+    assert words[-1] == "ckpt_path=last" and "ablation=base" in words

@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from datetime import datetime, timezone
@@ -200,7 +201,11 @@ def resume_command(overrides: list[str], run_dir: Path) -> str:
     import shlex
 
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.run.dir=", "ckpt_path="))]
-    words = ["python", "-m", "vitmemad.train", *kept, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    folder = str(run_dir)
+    if any(not (c.isalnum() or c in "._+-/:") for c in folder):  # e.g. a sweep folder with "=" or ","
+        # a quoted Hydra string: only backslashes before a quote or the end are escapes there
+        folder = '"' + re.sub(r'(\\*)("|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), folder) + '"'
+    words = ["python", "-m", "vitmemad.train", *kept, f"hydra.run.dir={folder}", "ckpt_path=last"]
     return " ".join(shlex.quote(w) for w in words)
 
 
