@@ -2,7 +2,7 @@
 
     python experiments/bench_inference.py                        # CPU preset, batch 8, all cores
     python experiments/bench_inference.py --threads 1 --batch-size 1
-    python experiments/bench_inference.py --ckpt outputs/train/runs/.../checkpoints/last.ckpt
+    python experiments/bench_inference.py --ckpt outputs/train/latest/checkpoints/last.ckpt
 
 Measures the scoring graph only (images (B,3,S,S) -> anomaly maps (B,S,S)); see
 `vitmemad.export.benchmark_inference`. Prints one JSON line per configuration; --out appends them

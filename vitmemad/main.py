@@ -41,8 +41,8 @@ examples:
   vitmemad train debug=smoke                       # seconds on a CPU: checks the setup end to end
   vitmemad train data=mvtec data.root=/data/mvtec data.category=bottle logger=tensorboard
   vitmemad train -m experiment=table6_ablation_smoke && vitmemad report outputs/experiments/<time>_table6_ablation_smoke
-  vitmemad predict ckpt_path=outputs/train/runs/<time>/checkpoints/last.ckpt input=images/ output=predictions/
-  vitmemad export ckpt_path=outputs/train/runs/<time>/checkpoints/last.ckpt
+  vitmemad predict ckpt_path=outputs/train/latest/checkpoints/last.ckpt input=images/ output=predictions/
+  vitmemad export ckpt_path=outputs/train/latest/checkpoints/last.ckpt
 
 exit status: 0 success, 1 internal error (with its traceback), 2 user error (one `error:` line naming the key
 or file), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
