@@ -94,3 +94,19 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_it(monkeypatch, caplog, compos
 def test_bf16_is_kept_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
     assert trainer_precision.resolve("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_cpu_attention_is_timms_without_autocast_and_float32_inside_it():
+    from timm.layers.attention import Attention
+
+    from vitmemad.models.encoder import CPUFloat32Attention
+
+    torch.manual_seed(0)
+    reference, ours = Attention(64, num_heads=4, qkv_bias=True), CPUFloat32Attention(64, num_heads=4, qkv_bias=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 17, 64)
+    torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=BF16):
+        mixed = ours(x)
+    assert mixed.dtype == BF16  # the output projection still runs in bf16
+    torch.testing.assert_close(mixed.float(), reference(x), rtol=0.05, atol=0.02)

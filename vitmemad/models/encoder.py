@@ -6,9 +6,36 @@ in attention (as in the paper) but is dropped from the output because the decode
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
+
+from .precision import float32_region
+
+
+class CPUFloat32Attention(Attention):
+    """timm's attention, with softmax(QK^T)V in float32 on CPUs under bf16 autocast.
+
+    The projections stay bfloat16. On CPUs torch's fused bf16 attention kernel is several times slower than
+    its fp32 one for ViT-sized sequences (forward + backward of 65 tokens: 15.5 ms against 2.8 ms here), so
+    computing this one op in float32 is faster and more precise. GPUs keep the bf16 kernel; without autocast
+    the result is timm's, bit for bit.
+    """
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or not self.fused_attn or \
+                self.gate is not None or attn_mask is not None or is_causal:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        with float32_region(q, k, v) as (q, k, v):
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim))
+        return self.proj_drop(self.proj(x))
 
 
 class ViTEncoder(nn.Module):
@@ -39,7 +66,8 @@ class ViTEncoder(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(
             *[
-                Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i])
+                Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
+                      attn_layer=CPUFloat32Attention)
                 for i in range(depth)
             ]
         )
