@@ -1,0 +1,136 @@
+"""Where a training step's time goes: torch.profiler (CPU) of fp32 and bf16 steps, self CPU time by kind of op.
+
+Each op's self time goes to one category. A forward op takes the category of the scope or op around it: the loss
+(the ``bench::loss`` scope: L2, SSIM's Gaussian convolutions, entropy), Adam (``Optimizer.*``), a transposed
+convolution (``aten::conv_transpose2d``), autocast's dtype casts, else the innermost named op (matmul/linear/
+attention, conv, layer norm, softmax, BatchNorm). A backward op takes the category of the forward op that made
+its autograd node (the profiler's sequence numbers link them), so SSIM's backward counts as the loss's.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from .variants import Variant, autocast
+
+CATEGORIES = ("matmul_linear_attention", "conv", "transposed_conv", "layer_norm", "softmax", "batch_norm",
+              "loss_ssim", "adam", "dtype_cast", "other")
+OPS = {
+    "matmul_linear_attention": ("aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm",
+                                "aten::baddbmm", "aten::scaled_dot_product_attention",
+                                "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::einsum"),
+    "conv": ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution"),
+    "layer_norm": ("aten::layer_norm", "aten::native_layer_norm"),
+    "softmax": ("aten::softmax", "aten::_softmax", "aten::log_softmax", "aten::_log_softmax"),
+    "batch_norm": ("aten::batch_norm", "aten::_batch_norm_impl_index", "aten::native_batch_norm",
+                   "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_no_training"),
+}
+OP_CATEGORY = {op: cat for cat, ops in OPS.items() for op in ops}
+CASTS = ("aten::to", "aten::_to_copy")
+#: backward nodes whose name alone decides (the others follow their forward op)
+BACKWARD = {"ToCopyBackward0": "dtype_cast", "NativeLayerNormBackward0": "layer_norm",
+            "SoftmaxBackward0": "softmax", "NativeBatchNormBackward0": "batch_norm"}
+BACKWARD_ROOT = "autograd::engine::evaluate_function: "
+
+
+def _chain(event: Any) -> Iterable[Any]:
+    while event is not None:
+        yield event
+        event = event.cpu_parent
+
+
+def forward_category(event: Any) -> str:
+    names = [e.name for e in _chain(event)]  # innermost first
+    if "bench::loss" in names:
+        return "loss_ssim"
+    if any(n.startswith("Optimizer.") for n in names):
+        return "adam"
+    if "aten::conv_transpose2d" in names:
+        return "transposed_conv"
+    for name in names:
+        if name in CASTS:
+            return "dtype_cast"
+        if name in OP_CATEGORY:
+            return OP_CATEGORY[name]
+    return "other"
+
+
+def assign(events: list[Any]) -> list[str]:
+    """The category of each event, in order."""
+    roots = [list(_chain(e))[-1] for e in events]
+    by_seq: dict[int, tuple[int, str]] = {}  # sequence number -> (depth, category) of its deepest forward op
+    for e, root in zip(events, roots):
+        if e.sequence_nr >= 0 and not root.name.startswith(BACKWARD_ROOT):
+            depth = len(list(_chain(e)))
+            if depth >= by_seq.get(e.sequence_nr, (-1, ""))[0]:
+                by_seq[e.sequence_nr] = (depth, forward_category(e))
+    cats = []
+    for e, root in zip(events, roots):
+        if root.name.startswith(BACKWARD_ROOT):
+            node = root.name[len(BACKWARD_ROOT):]
+            cats.append(BACKWARD.get(node) or by_seq.get(root.sequence_nr, (0, "other"))[1])
+        else:
+            cats.append(forward_category(e))
+    return cats
+
+
+def categorize(events: list[Any]) -> dict[str, float]:
+    """Self CPU time (ms) per category."""
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for e, cat in zip(events, assign(events)):
+        totals[cat] += e.self_cpu_time_total / 1e3
+    return totals
+
+
+def profiled_step(variant: Variant) -> profile:
+    """One training step of ``variant`` under the profiler, the loss inside a ``bench::loss`` scope."""
+    module = variant.module
+    module.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with autocast(variant.bf16):
+            out = module.net(variant.x)
+            with record_function("bench::loss"):
+                loss = module.loss.terms(variant.x, out)["loss"]
+        variant.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        variant.opt.step()
+    return prof
+
+
+def _clean(name: str) -> str:
+    return re.sub(r"\s+", " ", name)[:80]
+
+
+def profile_figures(fp32: Variant, bf16: Variant, rounds: int = 2, top: int = 10) -> dict[str, Any]:
+    """Profiles of fp32 and bf16 training steps in alternating rounds; of each precision, the round with the least
+    profiled time is kept. Returns the bf16 step's top ops, both steps' category shares, and bf16/fp32 per
+    category (near 1 or above: that kind of op gains nothing from bf16)."""
+    best: dict[str, tuple[float, dict[str, float], Any]] = {}
+    for _ in range(rounds):
+        for name, variant in (("fp32", fp32), ("bf16", bf16)):
+            prof = profiled_step(variant)
+            cats = categorize(list(prof.events()))
+            total = sum(cats.values())
+            if name not in best or total < best[name][0]:
+                best[name] = (total, cats, prof)
+    out: dict[str, Any] = {"preset_batch": int(fp32.x.shape[0]), "rounds": rounds,
+                           "method": "torch.profiler (CPU), self CPU time of one training step per category"}
+    for name, (total, cats, prof) in best.items():
+        out[name] = {"profiled_ms": total, "category_ms": cats,
+                     "category_share": {k: v / total for k, v in cats.items()}}
+    total16, _, prof16 = best["bf16"]
+    ops = sorted(prof16.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
+    out["bf16"]["top_ops"] = [{"op": _clean(a.key), "self_ms": a.self_cpu_time_total / 1e3,
+                               "share": a.self_cpu_time_total / 1e3 / total16, "calls": a.count} for a in ops]
+    c32, c16 = best["fp32"][1], best["bf16"][1]
+    out["bf16_over_fp32_by_category"] = {k: c16[k] / c32[k] for k in CATEGORIES if c32[k] > 0}
+    out["bf16_over_fp32_profiled"] = total16 / best["fp32"][0]
+    share = out["bf16"]["category_share"]
+    # kinds of op that hold >= 2 % of the bf16 step and are not >= 10 % faster than in fp32
+    out["not_faster_under_bf16"] = sorted(
+        (k for k, r in out["bf16_over_fp32_by_category"].items() if r >= 0.9 and share.get(k, 0) >= 0.02),
+        key=lambda k: -share[k])
+    return out
+
