@@ -44,6 +44,7 @@ def test_a_tiny_run_records_fp32_and_bf16_figures_against_both_peaks(tmp_path):
     real = r["vitmemad_real"]
     assert "error" not in real, real.get("error")
     assert real["overrides"] == ["debug=smoke"] and real["image_size"] == 64 and real["batch"] == 2
+    assert real["seconds"] > 0
     prec = real["precision"]
     for name, peak in (("fp32", mm["gflops"]), ("bf16", mm["bf16_gflops"])):
         p = prec[name]
@@ -64,8 +65,11 @@ def test_a_tiny_run_records_fp32_and_bf16_figures_against_both_peaks(tmp_path):
     for name in ("fp32", "bf16"):
         assert math.isclose(sum(prof[name]["category_share"].values()), 1.0, rel_tol=1e-6)
         assert set(prof[name]["category_ms"]) == set(CATEGORIES)
-    top = prof["bf16"]["top_ops"]
-    assert 1 <= len(top) <= 10 and [t["self_ms"] for t in top] == sorted((t["self_ms"] for t in top), reverse=True)
+    for name in ("fp32", "bf16"):
+        top = prof[name]["top_ops"]
+        assert 1 <= len(top) <= 10 and [t["self_ms"] for t in top] == sorted((t["self_ms"] for t in top), reverse=True)
+    fp32_ops = {t["op"]: t["self_ms"] for t in prof["fp32"]["top_ops"]}
+    assert all(t["fp32_self_ms"] == fp32_ops[t["op"]] for t in prof["bf16"]["top_ops"] if t["op"] in fp32_ops)
     assert prof["bf16"]["category_ms"]["loss_ssim"] > 0 and prof["bf16"]["category_ms"]["transposed_conv"] > 0
     assert prof["bf16"]["category_ms"]["dtype_cast"] > 0  # autocast casts the fp32 weights
     assert set(prof["not_faster_under_bf16"]) <= set(prof["bf16_over_fp32_by_category"])

@@ -43,12 +43,14 @@ Figures (see README "Benchmarks"):
     training step: compile time and compiled/eager step-time ratio, with the loss difference; CPU preset only
     by default (compiling the paper preset takes minutes on 2 cores: ``--compile-paper``). A failure is
     recorded, not raised;
-  - whether timm's attention blocks run torch's fused scaled_dot_product_attention.
+  - whether timm's attention blocks run torch's fused scaled_dot_product_attention;
+  - ``seconds``: the wall time of the preset's child process.
 - ``vitmemad_real.profile``: torch.profiler (CPU) of fp32 and bf16 training steps (alternating rounds, the
-  least-time round of each kept): ``bf16.top_ops`` (the 10 ops with the most self CPU time: ``op``, ``self_ms``,
-  ``share``, ``calls``); per precision ``category_ms`` and ``category_share`` of the self time in matmul/linear/
-  attention, conv, transposed conv, layer norm, softmax, BatchNorm, loss + SSIM, Adam, autocast's dtype casts
-  and other (vitmemad.bench.step_profile says how ops are assigned); ``bf16_over_fp32_by_category``; and
+  least-time round of each kept): per precision ``top_ops`` (the 10 ops with the most self CPU time: ``op``,
+  ``self_ms``, ``share``, ``calls``; bf16's also ``fp32_self_ms``, the same op in the fp32 step),
+  ``category_ms`` and ``category_share`` of the self time in matmul/linear/attention, conv, transposed conv,
+  layer norm, softmax, BatchNorm, loss + SSIM, Adam, autocast's dtype casts and other
+  (vitmemad.bench.step_profile says how ops are assigned); ``bf16_over_fp32_by_category``; and
   ``not_faster_under_bf16``: the categories with >= 2 % of the bf16 step that are not >= 10 % faster than fp32.
 - ``bf16``: the bf16 findings at a glance: the matmul peak ratio; per preset the bf16/fp32 time ratios, the
   bf16 fractions of the bf16 peak, channels_last / NCHW and compiled / eager in both precisions; and from the

@@ -71,10 +71,12 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
     for model in presets:
         _, preset_batch, preset_rounds = PRESETS[model]
         compile_model = {"vitmemad_cpu": compile_cpu, "vitmemad_paper": compile_paper}.get(model, False)
+        child_start = time.perf_counter()
         results[model] = run_child({"model": model, "batch": batch or preset_batch,
                                     "rounds": rounds or (2 if quick else preset_rounds), "threads": threads,
                                     "compile_model": compile_model, "profile": model == PROFILED,
                                     "overrides": list(TINY if tiny else ())})
+        results[model]["seconds"] = time.perf_counter() - child_start
         if "matmul_gflops_in_rounds" in results[model]:
             rates.append({"fp32": results[model]["matmul_gflops_in_rounds"],
                           "bf16": results[model]["matmul_bf16_gflops_in_rounds"]})

@@ -100,12 +100,12 @@ def profiled_step(variant: Variant) -> profile:
 
 
 def _clean(name: str) -> str:
-    return re.sub(r"\s+", " ", name)[:80]
+    return re.sub(r"\s+", " ", name)[:120]
 
 
 def profile_figures(fp32: Variant, bf16: Variant, rounds: int = 2, top: int = 10) -> dict[str, Any]:
     """Profiles of fp32 and bf16 training steps in alternating rounds; of each precision, the round with the least
-    profiled time is kept. Returns the bf16 step's top ops, both steps' category shares, and bf16/fp32 per
+    profiled time is kept. Returns each step's top ops and category shares, and bf16/fp32 per
     category (near 1 or above: that kind of op gains nothing from bf16)."""
     best: dict[str, tuple[float, dict[str, float], Any]] = {}
     for _ in range(rounds):
@@ -117,13 +117,17 @@ def profile_figures(fp32: Variant, bf16: Variant, rounds: int = 2, top: int = 10
                 best[name] = (total, cats, prof)
     out: dict[str, Any] = {"preset_batch": int(fp32.x.shape[0]), "rounds": rounds,
                            "method": "torch.profiler (CPU), self CPU time of one training step per category"}
-    for name, (total, cats, prof) in best.items():
+    averages = {name: {a.key: a for a in prof.key_averages()} for name, (_, _, prof) in best.items()}
+    for name, (total, cats, _) in best.items():
+        ops = sorted(averages[name].values(), key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
         out[name] = {"profiled_ms": total, "category_ms": cats,
-                     "category_share": {k: v / total for k, v in cats.items()}}
-    total16, _, prof16 = best["bf16"]
-    ops = sorted(prof16.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
-    out["bf16"]["top_ops"] = [{"op": _clean(a.key), "self_ms": a.self_cpu_time_total / 1e3,
-                               "share": a.self_cpu_time_total / 1e3 / total16, "calls": a.count} for a in ops]
+                     "category_share": {k: v / total for k, v in cats.items()},
+                     "top_ops": [{"op": _clean(a.key), "self_ms": a.self_cpu_time_total / 1e3,
+                                  "share": a.self_cpu_time_total / 1e3 / total, "calls": a.count} for a in ops]}
+    for entry in out["bf16"]["top_ops"]:  # the same op in the fp32 step
+        same = averages["fp32"].get(entry["op"])
+        entry["fp32_self_ms"] = same.self_cpu_time_total / 1e3 if same is not None else None
+    total16 = best["bf16"][0]
     c32, c16 = best["fp32"][1], best["bf16"][1]
     out["bf16_over_fp32_by_category"] = {k: c16[k] / c32[k] for k in CATEGORIES if c32[k] > 0}
     out["bf16_over_fp32_profiled"] = total16 / best["fp32"][0]
