@@ -45,6 +45,7 @@ def test_a_tiny_run_records_fp32_and_bf16_figures_against_both_peaks(tmp_path):
     assert "error" not in real, real.get("error")
     assert real["overrides"] == ["debug=smoke"] and real["image_size"] == 64 and real["batch"] == 2
     assert real["seconds"] > 0
+    assert set(r["contention_probe"]) == {"start", "after_vitmemad_real", "end"}
     prec = real["precision"]
     for name, peak in (("fp32", mm["gflops"]), ("bf16", mm["bf16_gflops"])):
         p = prec[name]
@@ -74,6 +75,11 @@ def test_a_tiny_run_records_fp32_and_bf16_figures_against_both_peaks(tmp_path):
     assert prof["bf16"]["category_ms"]["dtype_cast"] > 0  # autocast casts the fp32 weights
     assert set(prof["not_faster_under_bf16"]) <= set(prof["bf16_over_fp32_by_category"])
 
+    att = real["attention"]
+    assert att["shape_bhnd"] == [2, 2, 17, 32]  # debug=smoke: (64 px / patch 16)^2 + [cls] tokens, D = 64, 2 heads
+    assert set(att["forward_backward_ms"]) == {"fp32_flash", "fp32_math", "bf16_flash", "bf16_math"}
+    assert att["bf16_over_fp32_flash"] == pytest.approx(att["forward_backward_ms"]["bf16_flash"]
+                                                        / att["forward_backward_ms"]["fp32_flash"])
     assert r["bf16"]["presets"]["vitmemad_real"]["bf16_over_fp32_forward"] == prec["bf16_over_fp32_forward"]
     assert r["bf16"]["profiled_preset"] == "vitmemad_real"
     for key in ("paper_forward_fraction_of_matmul", "paper_forward_fp32_fraction_of_fp32_matmul",

@@ -10,6 +10,9 @@ the ratios, not the absolute times. "bf16" is what ``trainer.precision=bf16-mixe
 and Adam outside it.
 
 Figures (see README "Benchmarks"):
+- ``contention_probe``: many small matmuls on 1 thread and on one per core, at the ``start``, ``after_<preset>``
+  and at the ``end``; where one per core is slower (``contended``), other jobs held the cores: figures measured
+  then are low and their ratios noisy. ``machine.threads``: 1 when the start probe finds contention.
 - ``matmul``: dense 2048x2048 matmul GFLOP/s in fp32 (``gflops_measured``, peak ``gflops``) and in bf16 (bf16
   tensors: ``bf16_gflops_measured``, peak ``bf16_gflops``), this machine's yardsticks, interleaved with each other;
   measured at the start, in every timing round of the presets and at the end; the best of all is each
@@ -52,9 +55,13 @@ Figures (see README "Benchmarks"):
   layer norm, softmax, BatchNorm, loss + SSIM, Adam, autocast's dtype casts and other
   (vitmemad.bench.step_profile says how ops are assigned); ``bf16_over_fp32_by_category``; and
   ``not_faster_under_bf16``: the categories with >= 2 % of the bf16 step that are not >= 10 % faster than fp32.
+- ``vitmemad_real.attention``: torch's fused attention, forward + backward, at the shape of the model's first
+  attention block (``shape_bhnd``), in fp32 and bf16 on the flash kernel and on the math path, interleaved
+  (``forward_backward_ms``; ``bf16_over_fp32_flash``, ``bf16_over_fp32_math``, ``bf16_math_over_bf16_flash``).
 - ``bf16``: the bf16 findings at a glance: the matmul peak ratio; per preset the bf16/fp32 time ratios, the
   bf16 fractions of the bf16 peak, channels_last / NCHW and compiled / eager in both precisions; and from the
-  profile, ``not_faster_under_bf16``, ``bf16_over_fp32_by_category`` and ``bf16_step_share_by_category``.
+  profile, ``not_faster_under_bf16``, ``bf16_over_fp32_by_category``, ``bf16_step_share_by_category`` and the
+  attention kernel's ``attention_bf16_over_fp32_flash``.
 - ``loader``: data-loader images/s of the demo and, when ``../shared/data/mvtec/bottle`` exists, of
   MVTec bottle at 128 and 384 px: first epoch (decode + resize, which also fills the cache) and cached
   epochs, against the matching preset's training images/s.

@@ -117,9 +117,10 @@ def preset_figures(model: str, batch: int, rounds: int, threads: int, compile_mo
 
     # 4. where a bf16 step's time goes (against fp32), then torch.compile in both precisions
     if profile:
-        from .step_profile import profile_figures
+        from .step_profile import attention_figures, profile_figures
 
         out["profile"] = profile_figures(full, full16)
+        out["attention"] = attention_figures(full)
     skipped = {"skipped": "not requested (--compile-paper)" if model == "vitmemad_paper" else "not requested"}
     out["compile"] = compile_figures(full, rounds) if compile_model else skipped
     out["compile_bf16"] = compile_figures(full16, rounds) if compile_model else skipped

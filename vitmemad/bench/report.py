@@ -58,6 +58,7 @@ def bf16_summary(r: dict[str, Any], presets: Sequence[str]) -> dict[str, Any]:
             out["not_faster_under_bf16"] = m["profile"]["not_faster_under_bf16"]
             out["bf16_over_fp32_by_category"] = m["profile"]["bf16_over_fp32_by_category"]
             out["bf16_step_share_by_category"] = m["profile"]["bf16"]["category_share"]
+            out["attention_bf16_over_fp32_flash"] = m.get("attention", {}).get("bf16_over_fp32_flash")
     return out
 
 
@@ -101,6 +102,10 @@ def print_summary(r: dict[str, Any]) -> None:
                                                                   key=lambda kv: -kv[1]) if v >= 0.01)
             print(f"  profile of a bf16 step: {shares}; not faster under bf16: "
                   f"{', '.join(prof['not_faster_under_bf16']) or 'none'}")
+        if m and "attention" in m:
+            a = m["attention"]
+            print(f"  fused attention {a['shape_bhnd']} forward + backward, bf16/fp32: flash kernel "
+                  f"{a['bf16_over_fp32_flash']:.2f}, math path {a['bf16_over_fp32_math']:.2f}")
     for name, v in r.get("loader", {}).items():
         if isinstance(v, dict):
             print(f"loader {name}: first epoch {v['first_epoch_images_per_s']:.0f} img/s, cached "

@@ -77,6 +77,9 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
                                     "compile_model": compile_model, "profile": model == PROFILED,
                                     "overrides": list(TINY if tiny else ())})
         results[model]["seconds"] = time.perf_counter() - child_start
+        # did other jobs take the cores meanwhile? (then this preset's absolute figures are low, its ratios noisy)
+        results["contention_probe"][f"after_{model}"] = contention_probe(os.cpu_count() or 1)
+        torch.set_num_threads(int(threads))
         if "matmul_gflops_in_rounds" in results[model]:
             rates.append({"fp32": results[model]["matmul_gflops_in_rounds"],
                           "bf16": results[model]["matmul_bf16_gflops_in_rounds"]})

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from .measure import interleaved_best
 from .variants import Variant, autocast
 
 CATEGORIES = ("matmul_linear_attention", "conv", "transposed_conv", "layer_norm", "softmax", "batch_norm",
@@ -138,3 +140,39 @@ def profile_figures(fp32: Variant, bf16: Variant, rounds: int = 2, top: int = 10
         key=lambda k: -share[k])
     return out
 
+
+
+def attention_figures(variant: Variant, rounds: int = 5) -> dict[str, Any]:
+    """Fused attention (forward + backward) at the shape of the model's first attention block, in fp32 and bf16, on
+    torch's flash kernel and on its math path, in interleaved rounds: the CPU flash kernel's bf16 backward can be
+    slower than its fp32 one, which the profile shows as matmul/attention time that bf16 does not shrink."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    attn = next(m for m in variant.module.net.modules() if hasattr(m, "fused_attn") and hasattr(m, "num_heads"))
+    seen: list[torch.Size] = []
+    handle = attn.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape))
+    variant.forward()
+    handle.remove()
+    batch, tokens, dim = seen[0]
+    shape = (batch, attn.num_heads, tokens, dim // attn.num_heads)
+    gen = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(shape, generator=gen) for _ in range(3)]
+
+    def step(dtype: torch.dtype, backend: SDPBackend):
+        q, k, v = (t.to(dtype).requires_grad_() for t in qkv)
+
+        def run() -> None:
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, k, v).sum().backward()
+        return run
+
+    fns = {f"{p}_{b}": step(dt, backend) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+           for b, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH))}
+    for fn in fns.values():
+        fn()  # warm-up
+    best = interleaved_best(fns, rounds)
+    return {"shape_bhnd": list(shape), "forward_backward_ms": {k: v * 1e3 for k, v in best.items()},
+            "bf16_over_fp32_flash": best["bf16_flash"] / best["fp32_flash"],
+            "bf16_over_fp32_math": best["bf16_math"] / best["fp32_math"],
+            "bf16_math_over_bf16_flash": best["bf16_math"] / best["bf16_flash"]}
