@@ -3,24 +3,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .variants import PRESETS
 
 EXAMPLES = """examples:
-  python -m vitmemad.bench                              # everything -> bench/results.json (what `make bench` runs)
-  python -m vitmemad.bench --quick                      # CPU preset only, fewer rounds: a check of the bench
-  python -m vitmemad.bench --presets vitmemad_real --presets-only --out /tmp/real.json
-  python -m vitmemad.bench --threads 2 --compile-paper  # 2 threads whatever the load; also compile the paper preset
-  OMP_NUM_THREADS=2 python -m vitmemad.bench --no-compile
+  vitmemad bench                              # everything -> bench/results.json (what `make bench` runs)
+  vitmemad bench --quick                      # CPU preset only, fewer rounds: a check of the bench
+  vitmemad bench --presets vitmemad_real --presets-only --out /tmp/real.json
+  vitmemad bench --threads 2 --compile-paper  # 2 threads whatever the load; also compile the paper preset
 
-Read the ratios, not the times: the figures that are compared are timed in interleaved rounds.
-The fields of results.json are listed in the docstring of vitmemad.bench (and README "Benchmarks")."""
+`python -m vitmemad.bench` and `python experiments/bench.py` are the same. Read the ratios, not the times: the
+figures that are compared are timed in interleaved rounds. The fields of results.json are listed in the
+docstring of vitmemad.bench (vitmemad/bench/__init__.py)."""
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "vitmemad bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vitmemad.bench", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speed and memory figures of the presets in fp32 and bf16 autocast, against this CPU's fp32 and "
                     "bf16 matmul peaks, measured side by side in one run -> a JSON file.")
     p.add_argument("--out", default="bench/results.json", help="JSON file to write (default: %(default)s)")
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in ("rounds", "batch", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser().error(f"--{name} must be >= 1")
+            print(f"error: --{name} must be >= 1, not {getattr(args, name)}", file=sys.stderr)
+            return 2
     from .report import print_summary
     from .run import run
 
