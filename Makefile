@@ -28,7 +28,7 @@ test-all: install  ## everything, slow tests included
 	$(PY) -m pytest -m ''
 
 bench: install  ## benchmarks -> bench/results.json
-	$(PY) experiments/bench.py
+	$(PY) -m vitmemad.bench
 
 # The ablation table on a real category: experiment=cpu_real, Base / +M / +CA / +M+CA and the CAE, 3 seeds each,
 # then report.py. About 3.5 h on 2 cores for bottle (15 runs of 7-16 min); docs/results.md.

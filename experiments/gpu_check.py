@@ -27,13 +27,16 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# FLOPs and RSS come from the bench's measuring module (torch and the standard library only)
+from vitmemad.bench.measure import count_flops, flop_mapping, reset_peak_rss, rss_mib  # noqa: E402,F401
 
 #: packages the check must not need (the bare GPU machine does not have them). Where wandb is installed,
 #: timm imports it by itself (optional): the test blocks them all to prove the check runs without them.
@@ -95,30 +98,6 @@ def build_net(net: dict[str, Any], image_size: int, ablation: dict[str, Any]) ->
     return ViTMemAE(encoder, decoder, memory, ca)
 
 
-# ------------------------------------------------------------------ FLOPs (shared with experiments/bench.py)
-def flop_mapping() -> dict[Any, Any]:
-    """FLOP formulas for the CPU fused-attention kernels, which FlopCounterMode does not count."""
-    from torch.utils import flop_counter as fc
-
-    aten = torch.ops.aten
-    mapping: dict[Any, Any] = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        # the counter passes shapes in place of tensors
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
-            lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
-            lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v))
-    return mapping
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 # ------------------------------------------------------------------ helpers
 def ensure_kornia_rs() -> str:
     """kornia imports kornia_rs (a compiled wheel) for kornia.io only; stub it where it is missing."""
@@ -138,27 +117,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rss_mib(field: str = "VmRSS") -> float:
-    """Current (VmRSS) or peak (VmHWM) resident memory of this process in MiB (Linux /proc; else the lifetime peak)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        reset_peak_rss()
 
 
 def _peak(device: torch.device) -> dict[str, float]:
