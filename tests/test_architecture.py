@@ -42,7 +42,8 @@ def test_training_gives_the_pinned_metrics(tmp_path, model):
     assert record["debug"] == "smoke"
 
 
-@pytest.mark.parametrize("model", sorted(PINNED))
+@pytest.mark.parametrize("model", [m if m == "vitmemad_cpu" else pytest.param(m, marks=pytest.mark.slow)
+                                   for m in sorted(PINNED)])  # the other two: the same path, a minute more
 def test_old_checkpoints_evaluate_predict_and_export(tmp_path, model):
     ckpt = FIXTURES / f"{model}_57ae7d2.ckpt"
     run_module("vitmemad.eval", f"ckpt_path={ckpt}", "num_threads=1", f"hydra.run.dir={tmp_path / 'eval'}")

@@ -169,6 +169,7 @@ def test_train_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tests/test_ddp.py runs DDP in the default suite
 def test_ddp_ranks_rerun_the_same_train_command(tmp_path):
     run_dir = tmp_path / "run"
     proc = vitmemad("train", "trainer=ddp_cpu", *TINY_DEMO, f"hydra.run.dir={run_dir}", timeout=300)

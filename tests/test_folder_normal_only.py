@@ -89,7 +89,8 @@ def test_predict_and_a_later_eval_with_abnormal_images_use_that_checkpoint(good_
         and "data.abnormal_dir=DIR" in nothing.stderr
 
 
-@pytest.mark.parametrize("case", ["no normal_dir", "empty normal_dir", "mask_dir without abnormal_dir"])
+@pytest.mark.parametrize("case", ["no normal_dir", pytest.param("empty normal_dir", marks=pytest.mark.slow),
+                                  pytest.param("mask_dir without abnormal_dir", marks=pytest.mark.slow)])
 def test_bad_folder_input_is_one_error_line(case, shots, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -136,7 +136,7 @@ def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
         warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=-1)
 
 
-@pytest.mark.parametrize("model", ["vitmemad_cpu", "cae"])
+@pytest.mark.parametrize("model", ["vitmemad_cpu", pytest.param("cae", marks=pytest.mark.slow)])
 def test_train_then_eval_round_trip(tmp_path, model):
     run_dir = tmp_path / "train"
     run_module("vitmemad.train", f"model={model}", *TINY_DEMO, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, assert_real_png, read_metrics, run_module
 from vitmemad.models.memory import MemoryModule
 from vitmemad.models.memory_stats import MemoryUsage, MemoryUsageHook
 from vitmemad.utils import wandb_logging
@@ -80,6 +80,13 @@ def sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
+def _job(sweep_dir: Path, category: str) -> Path:
+    """The sweep job folder (named by its overrides) of one category."""
+    (job_dir,) = [d for d in sweep_dir.iterdir() if (d / "metrics.json").exists()
+                  and read_metrics(d)["category"] == category]
+    return job_dir
+
+
 def _run(job_dir: Path) -> tuple[Path, dict]:
     (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
     return run_dir, read_offline_run(run_dir)
@@ -87,8 +94,8 @@ def _run(job_dir: Path) -> tuple[Path, dict]:
 
 @pytest.mark.parametrize("job,category", [(0, "brick"), (1, "grass")])
 def test_offline_run_holds_hyperparameters_losses_metrics_and_memory(sweep, job, category):
-    metrics = read_metrics(sweep / str(job))
-    run_dir, run = _run(sweep / str(job))
+    metrics = read_metrics(_job(sweep, category))
+    run_dir, run = _run(_job(sweep, category))
     # one W&B run per job, grouped by the sweep folder's name
     assert run["group"] == sweep.name
     # hyperparameters: the resolved run config
@@ -116,8 +123,10 @@ def test_offline_run_holds_hyperparameters_losses_metrics_and_memory(sweep, job,
     assert sum(usage["values"]) == pytest.approx(1.0, abs=1e-5)
     # the examples grid and the tables, as media files of the run
     (image_path,) = (run_dir / "files" / "media" / "images" / "test").glob("examples_*.png")
-    with Image.open(image_path) as logged_img, Image.open(sweep / str(job) / "examples.png") as written:
-        assert logged_img.size == written.size and logged_img.size[0] == 4 * 64
+    with Image.open(image_path) as logged_img, Image.open(_job(sweep, category) / "examples.png") as written:
+        # the same figure (4 columns with labels and a colour bar, vitmemad.utils.visualize)
+        assert logged_img.size == written.size and logged_img.tobytes() == written.tobytes()
+    assert_real_png(image_path)
     assert summary["test/examples"]["_type"] == "image-file"
     (table_path,) = (run_dir / "files" / "media" / "table" / "test").glob("summary_*.table.json")
     table = json.loads(table_path.read_text())
@@ -146,7 +155,7 @@ def test_offline_run_holds_hyperparameters_losses_metrics_and_memory(sweep, job,
 
 
 def test_runs_of_one_sweep_are_separate_runs(sweep):
-    ids = {_run(sweep / str(job))[0].name.rsplit("-", 1)[1] for job in (0, 1)}
+    ids = {_run(_job(sweep, category))[0].name.rsplit("-", 1)[1] for category in ("brick", "grass")}
     assert len(ids) == 2
 
 
