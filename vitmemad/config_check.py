@@ -69,6 +69,8 @@ TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("callbacks.memory_training.warmup_epochs", non_negative_int, "an integer >= 0"),
     ("loss.lambda_ssim", non_negative, "a number >= 0"),
     ("loss.lambda_ent", non_negative, "a number >= 0"),
+    ("loss.lambda_mem", non_negative, "a number >= 0"),
+    ("loss.mem_commitment", non_negative, "a number >= 0"),
     ("threshold.image_quantile", probability, "a number in [0, 1]"),
     ("threshold.pixel_quantile", probability, "a number in [0, 1]"),
     ("metrics.pro_fpr_limit", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),

@@ -5,6 +5,11 @@
   dynamic range passed to SSIM is 2.
 - L_ent = -sum_i w_i log(w_i + eps), averaged over positions. The paper's eq. 14 drops the minus
   sign, but its text says minimising the loss sharpens the weights, which needs the minus.
+- ``lambda_mem`` (not in the paper, 0 = off) adds the codebook and commitment terms of vector quantisation
+  (van den Oord et al. 2017) to the memory: ``|sg(z) - z_hat|^2 + commitment * |z - sg(z_hat)|^2``, over
+  ``|sg(z)|^2``, with z the encoder's queries and z_hat the memory's read-out. Without it the items learn only
+  through the decoder, so nothing ties the read-out to the features it replaces: the decoder learns to work
+  from a few blended items, the rest die, and the memory is a smoother rather than a bank of normal patterns.
 """
 from __future__ import annotations
 
@@ -24,6 +29,15 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11) -> torch.T
         return ssim(x, y, window_size, max_val=DYNAMIC_RANGE, padding="same")
 
 
+def memory_feature_loss(queries: torch.Tensor, readout: torch.Tensor, commitment: float) -> torch.Tensor:
+    """VQ codebook + commitment loss relative to the queries' energy (scale-free: features have no fixed norm)."""
+    with float32_region(queries, readout) as (queries, readout):
+        energy = queries.detach().pow(2).sum().clamp_min(1e-12)
+        codebook = (readout - queries.detach()).pow(2).sum()
+        commit = (queries - readout.detach()).pow(2).sum()
+        return (codebook + commitment * commit) / energy
+
+
 def entropy_loss(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Mean over positions of -sum_i w_i log(w_i + eps) for weights (..., N)."""
     return -(weights * torch.log(weights + eps)).sum(dim=-1).mean()
@@ -36,8 +50,12 @@ class ReconstructionLoss(nn.Module):
         lambda_ssim: float = 1.0,
         lambda_ent: float = 0.001,
         ssim_window: int = 11,
+        lambda_mem: float = 0.0,
+        mem_commitment: float = 0.25,
     ) -> None:
         super().__init__()
+        self.lambda_mem = lambda_mem
+        self.mem_commitment = mem_commitment
         self.lambda_recon = lambda_recon
         self.lambda_ssim = lambda_ssim
         self.lambda_ent = lambda_ent
@@ -57,8 +75,15 @@ class ReconstructionLoss(nn.Module):
     def terms(self, x: torch.Tensor, out: dict) -> dict[str, torch.Tensor]:
         """The loss terms of a model's output: pixel reconstruction, or a feature-space model's own error."""
         if out.get("feature_error") is not None:
-            return self.feature_terms(out["feature_error"], out.get("memory_weights"))
-        return self(x, out["reconstruction"], out.get("memory_weights"))
+            terms = self.feature_terms(out["feature_error"], out.get("memory_weights"))
+        else:
+            terms = self(x, out["reconstruction"], out.get("memory_weights"))
+        if out.get("memory_queries") is not None and out.get("memory_readout") is not None:
+            mem = memory_feature_loss(out["memory_queries"], out["memory_readout"], self.mem_commitment)
+            terms["memory"] = mem
+            if self.lambda_mem > 0:
+                terms["loss"] = terms["loss"] + self.lambda_mem * mem
+        return terms
 
     def feature_terms(self, feature_error: torch.Tensor,
                       memory_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -47,9 +47,12 @@ class ViTMemAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         features = self.encoder(x)
-        weights = None
+        weights = queries = None
         if self.memory is not None and not self.bypass_memory:
-            features, weights = self.memory(features)
+            queries = features
+            features, weights = self.memory(queries)
+        readout = features if weights is not None else None
+        out = {"memory_weights": weights, "memory_queries": queries, "memory_readout": readout}
         if self.coord_attention is not None:
             features = self.coord_attention(features)
-        return {"reconstruction": self.decoder(features), "memory_weights": weights}
+        return {"reconstruction": self.decoder(features), **out}
