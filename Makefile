@@ -31,11 +31,12 @@ bench: install  ## benchmarks -> bench/results.json
 	$(PY) -m vitmemad.bench
 
 # The ablation table on a real category: experiment=cpu_real, Base / +M / +CA / +M+CA and the CAE, 3 seeds each,
-# then report.py. About 3.5 h on 2 cores for bottle (15 runs of 7-16 min); docs/results.md.
+# then report.py; docs/results.md. Many hours of CPU (15 runs of up to 30 min each). Re-runnable: the same command
+# skips finished jobs and resumes interrupted ones (ckpt_path=auto), so stop it and start it again at will.
 MVTEC_ROOT ?= ../shared/data/mvtec
 CATEGORY ?= bottle
 REAL_OUT ?= outputs/real/$(CATEGORY)
-REAL_ARGS = experiment=cpu_real data=mvtec data.root=$(MVTEC_ROOT) data.category=$(CATEGORY) seed=0,1,2
+REAL_ARGS = experiment=cpu_real data=mvtec data.root=$(MVTEC_ROOT) data.category=$(CATEGORY) seed=0,1,2 ckpt_path=auto
 real-ablation: install
 	$(PY) -m vitmemad.train -m $(REAL_ARGS) ablation=base,m,ca,m_ca hydra.sweep.dir=$(REAL_OUT)/vitmemad
 	$(PY) -m vitmemad.train -m $(REAL_ARGS) model=cae hydra.sweep.dir=$(REAL_OUT)/cae

@@ -58,8 +58,11 @@ def validation_half(record: dict) -> dict[str, float]:
     module = load_module(record["ckpt_path"])
     cfg = module.run_config
     items = select_map.test_part(cfg, "val", 0.5, 0)
-    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window, cfg["trainer"]["precision"])
-    return select_map.score_setting(errors, items, cfg["anomaly_map"]["source"], float(cfg["anomaly_map"]["sigma"]))
+    precision = cfg["trainer"]["precision"]
+    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window, precision)
+    reference = select_map.reference_errors(module, cfg, precision)
+    return select_map.score_setting(errors, items, cfg["anomaly_map"]["source"], float(cfg["anomaly_map"]["sigma"]),
+                                    reference)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -8,7 +8,9 @@ The map settings change nothing in training, so they are chosen after it, on lab
 test set: the test images are split by ``vitmemad.data.labelled_split.stratified_split`` (the same seeded,
 stratified halves as ``data.labelled_val_fraction``), every setting is scored on ``--part val``, and the
 held-out ``--part test`` half is only read once the choice is made (docs/results.md).
-The reconstruction is computed once per image; each setting then only smooths and scores it.
+The reconstruction is computed once per image; each setting then only smooths and scores it. For a run with
+``anomaly_map.reference=normal_mean`` each setting subtracts the mean map of the run's held-out normal validation
+images, computed with that setting (``--reference none`` scores the raw maps).
 
 Prints one JSON object per checkpoint and setting (image_AUROC, pixel_AUROC, PRO on the chosen part) and the
 setting with the best mean rank over the three metrics; ``--out`` also writes them as a JSON list.
@@ -62,14 +64,33 @@ def raw_errors(module: AnomalyModule, items: list, ssim_window: int,
     return errors
 
 
-def score_setting(errors: dict, items: list, source: str, sigma: float) -> dict[str, float]:
+def normal_validation_items(cfg: dict) -> list:
+    """The run's held-out normal validation images (``data.val_fraction`` of train): where its reference map
+    and thresholds come from."""
+    data_cfg = {k: v for k, v in cfg["data"].items() if k not in ("labelled_val_fraction", "labelled_val_seed")}
+    datamodule = build_datamodule(data_cfg)
+    datamodule.setup("fit")
+    return [datamodule.val_dataset[i] for i in range(len(datamodule.val_dataset))]
+
+
+def smoothed(errors: dict, i: int, source: str, smoother: AnomalyMapGenerator) -> torch.Tensor:
+    return smoother.smooth(sum(errors[term][i] for term in SOURCE_TERMS[source])[None])
+
+
+def score_setting(errors: dict, items: list, source: str, sigma: float,
+                  reference_errors: dict | None = None) -> dict[str, float]:
+    """The three metrics of one map setting; ``reference_errors`` (raw errors of normal validation images):
+    subtract their mean smoothed map first, as ``anomaly_map.reference=normal_mean`` does."""
     smoother = AnomalyMapGenerator(sigma=sigma)  # only its smoothing is used; the terms are cached per item
+    reference = 0.0
+    if reference_errors is not None:
+        count = len(reference_errors["l2"])
+        reference = sum(smoothed(reference_errors, i, source, smoother) for i in range(count)) / count
     image_auroc, pixel_auroc = ImageAUROC(), PixelAUROC()
     maps, masks, scores, labels = [], [], [], []
     for i, item in enumerate(items):
-        raw = sum(errors[term][i] for term in SOURCE_TERMS[source])
         mask = item["mask"]
-        full = resize_maps(smoother.smooth(raw[None]), tuple(mask.shape[-2:]))
+        full = resize_maps(smoothed(errors, i, source, smoother) - reference, tuple(mask.shape[-2:]))
         maps.append(full[0])
         masks.append(mask)
         scores.append(full.amax())
@@ -78,6 +99,16 @@ def score_setting(errors: dict, items: list, source: str, sigma: float) -> dict[
     pixel_auroc.update(torch.stack(maps), torch.stack(masks))
     return {"image_AUROC": float(image_auroc.compute()), "pixel_AUROC": float(pixel_auroc.compute()),
             "PRO": float(pro_score(torch.stack(maps), torch.stack(masks)))}
+
+
+def reference_errors(module: AnomalyModule, cfg: dict, precision: str, reference: str | None = None) -> dict | None:
+    """Raw errors of the run's normal validation images when its map subtracts their mean (or ``reference``
+    says so), else None."""
+    reference = reference or cfg.get("anomaly_map", {}).get("reference", "none")
+    if reference == "none":
+        return None
+    items = normal_validation_items(cfg)
+    return raw_errors(module, items, module.anomaly_map.ssim_window, precision)
 
 
 def best_by_mean_rank(rows: list[dict]) -> dict:
@@ -101,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"],
                         help="the forward pass's precision (default: the run's trainer.precision)")
+    parser.add_argument("--reference", choices=["none", "normal_mean"],
+                        help="subtract the normal validation images' mean map (default: the run's anomaly_map.reference)")
     args = parser.parse_args(argv)
     rows = []
     for path in args.ckpts:
@@ -111,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         items = test_part(cfg, args.part, args.fraction, args.split_seed)
         precision = args.precision or cfg.get("trainer", {}).get("precision", "32-true")
         errors = raw_errors(module, items, module.anomaly_map.ssim_window, precision)
+        reference = reference_errors(module, cfg, precision, args.reference)
         ckpt_rows = []
         for source in args.sources:
             for sigma in args.sigmas:
                 row = {"ckpt": path, "part": args.part, "source": source, "sigma": sigma,
-                       **score_setting(errors, items, source, sigma)}
+                       **score_setting(errors, items, source, sigma, reference)}
                 print(json.dumps(row), flush=True)
                 ckpt_rows.append(row)
         print(json.dumps({"ckpt": path, "best_mean_rank": best_by_mean_rank(ckpt_rows)}), flush=True)

@@ -36,6 +36,35 @@ def test_whole_test_set_l2_reproduces_the_pipeline_metrics(run, capsys):
         assert row[key] == pytest.approx(run[key], abs=1e-6), key
 
 
+@pytest.fixture(scope="module")
+def referenced_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train_referenced")
+    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", "anomaly_map.sigma=4",
+               "anomaly_map.reference=normal_mean", f"hydra.run.dir={run_dir}")
+    return read_metrics(run_dir)
+
+
+def test_a_normal_mean_reference_is_the_validation_images_mean_map_and_is_reproduced(referenced_run, capsys):
+    import torch
+
+    from vitmemad.inference import load_module
+    from vitmemad.models.anomaly_map import AnomalyMapGenerator
+
+    rows = _rows(capsys, referenced_run["ckpt_path"], "--part", "all", "--sources", "l2", "--sigmas", "4")
+    for key in select_map.METRICS:
+        assert rows[0][key] == pytest.approx(referenced_run[key], abs=1e-6), key
+    module = load_module(referenced_run["ckpt_path"])
+    errors = select_map.reference_errors(module, module.run_config, "32-true")
+    smoother = AnomalyMapGenerator(sigma=4.0)
+    mean = sum(select_map.smoothed(errors, i, "l2", smoother) for i in range(len(errors["l2"]))) / len(errors["l2"])
+    saved = module.anomaly_map.normal_mean
+    assert saved.shape == (64, 64) and saved.abs().sum() > 0
+    assert torch.allclose(saved, mean[0], atol=1e-6)
+    raw = _rows(capsys, referenced_run["ckpt_path"], "--part", "all", "--sources", "l2", "--sigmas", "4",
+                "--reference", "none")
+    assert raw[0]["pixel_AUROC"] != rows[0]["pixel_AUROC"]  # the reference is in effect
+
+
 def test_validation_half_grid_and_choice(run, capsys, tmp_path):
     out = tmp_path / "grid.json"
     rows = _rows(capsys, run["ckpt_path"], "--sources", "l2", "ssim", "both", "--sigmas", "0", "8", "--out", str(out))

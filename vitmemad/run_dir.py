@@ -1,4 +1,9 @@
-"""Which checkpoint a training run resumes from, and the refusal to train into a finished run's folder."""
+"""Which checkpoint a training run resumes from, and the refusal to train into a finished run's folder.
+
+``ckpt_path``: unset/null starts a new run (refused where a run already is), ``last`` resumes, a path resumes
+from that checkpoint, and ``auto`` makes a command re-runnable (a sweep of many long jobs): a finished run is
+skipped, an interrupted one resumes from its ``last.ckpt``, and a new one starts.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +17,20 @@ class RunDirError(VitmemadError, FileExistsError):
     """The output directory already holds a finished run."""
 
 
+AUTO = "auto"
+
+
+def finished_run(ckpt_path: str | None, output_dir: Path) -> bool:
+    """``ckpt_path=auto`` and ``output_dir`` holds a finished run: the job has nothing left to do."""
+    return ckpt_path == AUTO and (Path(output_dir) / METRICS_FILE).is_file()
+
+
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path == AUTO:
+        if finished_run(ckpt_path, output_dir):
+            return None
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
     if ckpt_path in (None, ""):
         if (output_dir / METRICS_FILE).exists():
             raise RunDirError(

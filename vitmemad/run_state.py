@@ -248,7 +248,11 @@ class TrackRunState(_HydraCallback):
 
         from vitmemad.cli import StopBeforeRun
 
+        from vitmemad.run_dir import finished_run
+
         hint = None
+        if config.get("task_name") == "train" and finished_run(config.get("ckpt_path"), run_dir):
+            return  # ckpt_path=auto skips it: the finished run's folder and state stay as they are
         if config.get("task_name") == "train":
             hint = resume_command(list(config.hydra.overrides.task), run_dir.absolute())
         try:

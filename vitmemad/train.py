@@ -5,6 +5,7 @@ Only instantiates and runs: the module, datamodule, callbacks and loggers come f
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from vitmemad.build import build_callbacks, build_datamodule, build_loggers, bui
 from vitmemad.callbacks import SaveRunConfig
 from vitmemad.callbacks.labelled_validation import check_optimized_metric
 from vitmemad.checkpoint import check_state_dict, load_checkpoint
-from vitmemad.run_dir import resume_path
+from vitmemad.run_dir import METRICS_FILE, finished_run, resume_path
 from vitmemad.utils import ddp_hydra, tensorboard_logging, wandb_logging
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    if finished_run(cfg.get("ckpt_path"), output_dir):
+        log.info("%s holds a finished run: skipped (ckpt_path=auto)", output_dir)
+        return {"optimized_metric": None, "metrics": json.loads((output_dir / METRICS_FILE).read_text())}
     resume = resume_path(cfg.get("ckpt_path"), output_dir)
     config.prepare(cfg, HydraConfig.get().overrides.task)
     config_check.check_train(cfg, resume)  # one-line errors naming the key, before any data set-up
@@ -40,6 +44,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg["data"])
     module = build_module(run_cfg["model"])
     pipeline.compile_model(module.net, cfg.get("compile"))
+    if resume is not None:
+        log.info("resuming from %s", resume)
     if resume is not None:  # another model config's checkpoint: an error naming the keys, not Lightning's traceback
         check_state_dict(module, load_checkpoint(resume)["state_dict"], resume, optional=frozenset())
     callbacks = [*build_callbacks(run_cfg.get("callbacks")), SaveRunConfig(run_cfg)]

@@ -3,6 +3,10 @@
 Every run that writes a checkpoint must carry this callback (``vitmemad.train`` refuses a callbacks config without
 it): predict labels images with the thresholds it saves in the module's buffers ``image_threshold`` (image score
 = map maximum) and ``pixel_threshold`` (for the binary mask output).
+
+With ``anomaly_map.reference=normal_mean`` it first sets the map generator's reference, the mean raw map of the
+same validation images, and takes the thresholds on the maps with that reference subtracted, as they will be
+scored. The reference is averaged over all DDP ranks.
 """
 from __future__ import annotations
 
@@ -31,21 +35,27 @@ class ThresholdCalibration(L.Callback):
                 raise ConfigError(f"threshold.{key} must be in [0, 1], got {q!r}")
         self.image_quantile = float(image_quantile)
         self.pixel_quantile = float(pixel_quantile)
-        self._image: list[torch.Tensor] = []
-        self._pixel: list[torch.Tensor] = []
+        self._maps: list[torch.Tensor] = []
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        maps = outputs["maps"]
-        self._image.append(maps.flatten(1).amax(1))
-        self._pixel.append(subsample(maps.flatten(), MAX_PIXELS_PER_BATCH))
+        self._maps.append(pl_module.anomaly_map.add_reference(outputs["maps"].float()).cpu())  # the raw maps
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._image:
+        if not self._maps:
             return
-        image_scores = pl_module.all_gather(torch.cat(self._image)).flatten().float()
-        pixel_scores = pl_module.all_gather(torch.cat(self._pixel)).flatten().float()
+        generator = pl_module.anomaly_map
+        batches, self._maps = self._maps, []
+        if generator.has_reference:
+            device = generator.normal_mean.device
+            raw_sum = torch.stack([b.double().sum(0) for b in batches]).sum(0).to(device)
+            total = pl_module.all_gather(raw_sum).reshape(-1, *raw_sum.shape).sum(0)
+            count = pl_module.all_gather(torch.tensor(float(sum(len(b) for b in batches)), device=device)).sum()
+            generator.set_reference((total / count).float())
+            batches = [generator.subtract_reference(b.to(device)).cpu() for b in batches]
+        image = torch.cat([b.flatten(1).amax(1) for b in batches])
+        pixel = torch.cat([subsample(b.flatten(), MAX_PIXELS_PER_BATCH) for b in batches])
+        image_scores = pl_module.all_gather(image.to(pl_module.device)).flatten().float()
+        pixel_scores = pl_module.all_gather(pixel.to(pl_module.device)).flatten().float()
         pl_module.image_threshold.fill_(torch.quantile(image_scores, self.image_quantile).item())
         pl_module.pixel_threshold.fill_(torch.quantile(pixel_scores, self.pixel_quantile).item())
-        self._image.clear()
-        self._pixel.clear()

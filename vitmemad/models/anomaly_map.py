@@ -4,6 +4,12 @@ The map is the per-pixel L2 error (mean over channels), the 1 - SSIM map, or the
 smoothed with a Gaussian (paper sec. 4.2, post-processing) and resized to the ground-truth size.
 The image score is the map's maximum, as MVTec's official evaluation takes it.
 
+``reference="normal_mean"`` (not in the paper) subtracts the mean map of the held-out normal validation images,
+computed by ``vitmemad.callbacks.ThresholdCalibration`` at every validation and saved with the weights. A model
+reconstructs some places of an aligned object worse than others on every image (edges, specular highlights);
+that baseline error then no longer competes with real defects. On a texture or an unaligned object the mean map
+is nearly flat, so subtracting it changes little.
+
 Feature-space models (PatchCore, ``vitmemad_feat``) return their own ``anomaly_map`` at feature
 resolution (a per-position feature distance); it is upsampled bilinearly to the input size and
 smoothed with the same Gaussian (``anomaly_map.source`` does not apply to them).
@@ -21,6 +27,7 @@ from .precision import float32_region
 # The per-pixel error terms each source adds up; "both" is their sum.
 SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim")}
 SOURCES = tuple(SOURCE_TERMS)
+REFERENCES = ("none", "normal_mean")
 
 
 def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_window: int = 11) -> torch.Tensor:
@@ -31,15 +38,38 @@ def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_wi
 
 
 class AnomalyMapGenerator(nn.Module):
-    def __init__(self, source: str = "l2", sigma: float = 4.0, ssim_window: int = 11) -> None:
+    def __init__(self, source: str = "l2", sigma: float = 4.0, ssim_window: int = 11, reference: str = "none",
+                 image_size: int | None = None) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"anomaly_map.source must be one of {SOURCES}, got {source!r}")
         if sigma < 0:
             raise ValueError(f"anomaly_map.sigma must be >= 0, got {sigma}")
+        if reference not in REFERENCES:
+            raise ValueError(f"anomaly_map.reference must be one of {REFERENCES}, got {reference!r}")
+        if reference != "none" and not image_size:
+            raise ValueError("anomaly_map.reference=normal_mean needs anomaly_map.image_size (the model's input size)")
         self.source = source
         self.sigma = float(sigma)
         self.ssim_window = ssim_window
+        self.reference = reference
+        if reference == "normal_mean":  # zeros until the first validation: the raw map
+            self.register_buffer("normal_mean", torch.zeros(int(image_size), int(image_size)))
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference != "none"
+
+    def set_reference(self, mean_map: torch.Tensor) -> None:
+        """The mean raw map (S, S) of normal validation images, subtracted from every later map."""
+        self.normal_mean.copy_(mean_map.to(self.normal_mean))
+
+    def subtract_reference(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps - self.normal_mean if self.has_reference else maps
+
+    def add_reference(self, maps: torch.Tensor) -> torch.Tensor:
+        """The raw maps back from referenced ones (the calibration needs them)."""
+        return maps + self.normal_mean if self.has_reference else maps
 
     def forward(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, H, W) float32 anomaly map at the model's resolution (also under autocast)."""
@@ -47,7 +77,7 @@ class AnomalyMapGenerator(nn.Module):
             maps = torch.zeros_like(x[:, 0])
             for term in SOURCE_TERMS[self.source]:
                 maps = maps + error_term(term, x, reconstruction, self.ssim_window)
-            return self.smooth(maps)
+            return self.subtract_reference(self.smooth(maps))
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
         """Gaussian smoothing of (B, H, W) maps with ``sigma`` (a no-op for sigma = 0)."""
@@ -59,7 +89,7 @@ class AnomalyMapGenerator(nn.Module):
     def from_distances(self, distances: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, h, w) feature-space distances -> (B, H, W) float32 map: bilinear upsampling, then smoothing."""
         with float32_region(distances) as (distances,):
-            return self.smooth(resize_maps(distances, tuple(size)))
+            return self.subtract_reference(self.smooth(resize_maps(distances, tuple(size))))
 
 
 def anomaly_maps(generator: AnomalyMapGenerator, images: torch.Tensor, out: dict) -> torch.Tensor:
