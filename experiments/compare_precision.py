@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 sys.path.insert(0, str(REPO))
 
-PRECISIONS = ("32-true", "bf16-mixed")
+from vitmemad.trainer_precision import PRECISIONS  # noqa: E402
+
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 TOLERANCE = 0.005
 

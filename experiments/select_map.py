@@ -32,6 +32,7 @@ from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps  # noqa: E402
 from vitmemad.models.module import AnomalyModule  # noqa: E402
+from vitmemad.trainer_precision import PRECISIONS, is_bf16  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 
@@ -57,7 +58,7 @@ def raw_errors(module: AnomalyModule, items: list, ssim_window: int,
     errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
     for item in items:
         image = item["image"][None].float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(precision).startswith("bf16")):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=is_bf16(precision)):
             recon = module.net(image)["reconstruction"].float()
         for term, maps in errors.items():
             maps.append(error_term(term, image, recon, ssim_window)[0])
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"],
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="the forward pass's precision (default: the run's trainer.precision)")
     parser.add_argument("--reference", choices=["none", "normal_mean"],
                         help="subtract the normal validation images' mean map (default: the run's anomaly_map.reference)")

@@ -13,6 +13,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VITMEMAD_SHARED", REPO_ROOT.parent / "shared"))
 MVTEC_ROOT = SHARED / "data" / "mvtec"
+TIRE_ROOT = SHARED / "data" / "mvtec3d_tire_rgb"
 ORACLE_PATH = SHARED / "oracle" / "pro_oracle.npz"
 
 
@@ -21,6 +22,14 @@ def mvtec_root() -> Path:
     if not (MVTEC_ROOT / "bottle" / "train" / "good").is_dir():
         pytest.skip(f"real MVTec data not found at {MVTEC_ROOT}")
     return MVTEC_ROOT
+
+
+@pytest.fixture(scope="session")
+def tire_root() -> Path:
+    """MVTec 3D-AD tire, RGB only, in the MVTec AD layout (../shared/data/README.md)."""
+    if not (TIRE_ROOT / "tire" / "train" / "good").is_dir():
+        pytest.skip(f"real tire data not found at {TIRE_ROOT}")
+    return TIRE_ROOT
 
 
 @pytest.fixture(scope="session")

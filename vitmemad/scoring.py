@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import torch
 
 from vitmemad.errors import ConfigError
+from vitmemad.trainer_precision import PRECISIONS
 
-PRECISIONS = ("32-true", "bf16-mixed")
 
 
 class Scorer(Protocol):

@@ -17,6 +17,13 @@ log = logging.getLogger("vitmemad")
 #: CPU features with native bf16 matmuls (AVX-512 BF16 dot products, AMX tiles).
 BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 FP32 = "32-true"
+#: the precisions a run on CPU offers (``trainer.precision``, predict's ``precision``)
+PRECISIONS = (FP32, "bf16-mixed")
+
+
+def is_bf16(precision: Any) -> bool:
+    """``bf16-mixed``, ``bf16-true``, ``bf16``: a forward pass under bfloat16."""
+    return str(precision).startswith("bf16")
 
 
 def cpu_bf16_supported() -> bool:
@@ -33,7 +40,7 @@ def runs_on_cpu(accelerator: Any) -> bool:
 
 def resolve(precision: Any, accelerator: Any = "cpu") -> Any:
     """The precision to hand Lightning: ``precision`` itself, or fp32 for bf16 on a CPU without bf16."""
-    if not str(precision).startswith("bf16") or not runs_on_cpu(accelerator) or cpu_bf16_supported():
+    if not is_bf16(precision) or not runs_on_cpu(accelerator) or cpu_bf16_supported():
         return precision
     log.warning("trainer.precision=%s: this CPU has none of %s (torch.cpu.get_capabilities()), "
                 "so the run uses trainer.precision=%s", precision, "/".join(BF16_FEATURES), FP32)
