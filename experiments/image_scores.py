@@ -1,0 +1,108 @@
+"""Image-score and map-normalisation variants of trained checkpoints, on the LABELLED VALIDATION half.
+
+    python experiments/image_scores.py CKPT... [--part val|test|all] [--sigmas 2 4 6] [--source both]
+    python experiments/image_scores.py CKPT... --readout     # the memory read-out residual |z - z_hat|^2 per token
+
+For each sigma, the run's map (``--source``, default the run's own) as it is (``raw``), minus the mean map of the
+run's held-out normal validation images (``sub``, what ``anomaly_map.reference=normal_mean`` does), and divided by
+their per-pixel std after that (``z``); each scored as the map's maximum and as the mean of its top 0.1 / 0.3 / 1 /
+3 % pixels (image AUROC), with pixel AUROC and PRO. Research only: prints one JSON object per checkpoint and
+setting. docs/research.md has what it showed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import select_map  # noqa: E402
+from vitmemad.inference import load_module  # noqa: E402
+from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
+from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps  # noqa: E402
+from vitmemad.trainer_precision import is_bf16  # noqa: E402
+
+TOP_FRACTIONS = (0.001, 0.003, 0.01, 0.03)
+
+
+def image_auroc(scores: list[float], labels: list[int]) -> float:
+    metric = ImageAUROC()
+    metric.update_scores(torch.tensor(scores), torch.tensor(labels))
+    return float(metric.compute())
+
+
+def scores_of(maps: list[torch.Tensor], items: list) -> dict[str, float]:
+    """Image AUROC of the max and top-k means, pixel AUROC and PRO of maps (S, S) brought to the masks' size."""
+    labels = [int(item["label"]) for item in items]
+    full = [resize_maps(m[None], tuple(item["mask"].shape[-2:]))[0] for m, item in zip(maps, items)]
+    row = {"max": image_auroc([float(f.amax()) for f in full], labels)}
+    for k in TOP_FRACTIONS:
+        row[f"top{k:g}"] = image_auroc([float(f.flatten().topk(max(1, int(k * f.numel()))).values.mean())
+                                        for f in full], labels)
+    stacked, masks = torch.stack(full), torch.stack([item["mask"] for item in items])
+    pixel = PixelAUROC()
+    pixel.update(stacked, masks)
+    return {**row, "pixel_AUROC": float(pixel.compute()), "PRO": float(pro_score(stacked, masks))}
+
+
+def map_variants(module, items: list, source: str, sigmas: list[float], precision: str):
+    cfg = module.run_config
+    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window, precision)
+    normal = select_map.reference_errors(module, cfg, precision, "normal_mean")
+    for sigma in sigmas:
+        smoother = AnomalyMapGenerator(sigma=sigma)
+        maps = [select_map.smoothed(errors, i, source, smoother)[0] for i in range(len(items))]
+        normals = torch.stack([select_map.smoothed(normal, i, source, smoother)[0] for i in range(len(normal["l2"]))])
+        mean, std = normals.mean(0), normals.std(0)
+        std = (smoother.smooth(std[None])[0] if sigma > 0 else std) + 1e-3 * std.mean()
+        variants = {"raw": maps, "sub": [m - mean for m in maps], "z": [(m - mean) / std for m in maps]}
+        for name, variant in variants.items():
+            yield {"source": source, "sigma": sigma, "map": name, **scores_of(variant, items)}
+
+
+@torch.no_grad()
+def readout_maps(module, items: list, precision: str) -> list[torch.Tensor]:
+    """|z - z_hat|^2 per token of the memory, upsampled to the input size."""
+    net, maps = module.net, []
+    for item in items:
+        image = item["image"][None].float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=is_bf16(precision)):
+            z = net.encoder(image)
+            z_hat, _ = net.memory(z)
+        residual = (z.float() - z_hat.float()).pow(2).sum(1)
+        maps.append(resize_maps(residual, tuple(image.shape[-2:]))[0])
+    return maps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpts", nargs="+")
+    parser.add_argument("--part", choices=["val", "test", "all"], default="val")
+    parser.add_argument("--sigmas", nargs="+", type=float, default=[2.0, 4.0, 6.0])
+    parser.add_argument("--source", choices=select_map.SOURCES)
+    parser.add_argument("--readout", action="store_true")
+    args = parser.parse_args(argv)
+    for path in args.ckpts:
+        module = load_module(path)
+        cfg = module.run_config
+        items = select_map.test_part(cfg, args.part, 0.5, 0)
+        precision = cfg.get("trainer", {}).get("precision", "32-true")
+        if args.readout:
+            if getattr(module.net, "memory", None) is None:
+                parser.error(f"{path}: the model has no memory module")
+            rows = [{"map": "readout", **scores_of(readout_maps(module, items, precision), items)}]
+        else:
+            rows = map_variants(module, items, args.source or cfg["anomaly_map"]["source"], args.sigmas, precision)
+        for row in rows:
+            print(json.dumps({"ckpt": path, "part": args.part, **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                                  for k, v in row.items()}}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
