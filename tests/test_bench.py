@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_here
 from vitmemad.bench.step_profile import CATEGORIES, assign, categorize
 
 
@@ -21,10 +21,10 @@ def _run(*args: str, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_help_lists_examples_and_bad_values_are_refused(tmp_path):
-    proc = _run("-m", "vitmemad.bench", "--help", cwd=tmp_path)
+    proc = run_here("vitmemad.bench", "--help", cwd=tmp_path)  # python -m vitmemad.bench, in this process
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bf16" in proc.stdout and "examples:" in proc.stdout and "vitmemad bench --quick" in proc.stdout
-    bad = _run("-m", "vitmemad.bench", "--rounds", "0", cwd=tmp_path)
+    bad = run_here("vitmemad.bench", "--rounds", "0", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --rounds must be >= 1, not 0"
     assert not (tmp_path / "bench").exists()
 
