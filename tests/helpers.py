@@ -67,8 +67,9 @@ def _restored_process_state():
         sys.argv = argv
 
 
-def run_cli(module: str, *overrides: str) -> CliResult:
-    """``python -m module overrides...`` in this process; returns exit status and captured output.
+def run_cli(module: str, *overrides: str, script: Path | None = None) -> CliResult:
+    """``python -m module overrides...`` (or ``python script overrides...``) in this process; returns exit status
+    and captured output.
 
     Exceptions the CLI does not handle (bugs) propagate to the test.
     """
@@ -77,20 +78,24 @@ def run_cli(module: str, *overrides: str) -> CliResult:
     with _restored_process_state(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # runpy: "found in sys.modules", Lightning's tips
-        sys.argv = [module, *overrides]
+        sys.argv = [str(script or module), *overrides]
         try:
-            runpy.run_module(module, run_name="__main__", alter_sys=False)
+            if script is not None:
+                runpy.run_path(str(script), run_name="__main__")
+            else:
+                runpy.run_module(module, run_name="__main__", alter_sys=False)
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
-def run_here(module: str, *overrides: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_here(module: str, *overrides: str, check: bool = True, cwd: Path | None = None,
+             script: Path | None = None) -> subprocess.CompletedProcess:
     """``run_module`` in this process (``run_cli``, in ``cwd`` if given): the same entry point and the same result
     fields, without the interpreter and import start-up of a subprocess (most of a smoke run's time). For tests
     where a real subprocess is not itself what is checked."""
     with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
-        result = run_cli(module, *overrides)
+        result = run_cli(module, *overrides, script=script)
     if check and result.code != 0:
         raise AssertionError(f"{module} {' '.join(overrides)} failed ({result.code}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-5000:]}")
