@@ -33,6 +33,8 @@ def run_module(module: str, *overrides: str, timeout: float = 300, check: bool =
 
 @dataclass
 class CliResult:
+    """What an entry point run by ``run_cli`` gave: its exit status and its captured output."""
+
     code: int
     stdout: str
     stderr: str

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fixtures_data import make_mvtec, write_image
 from helpers import TINY_DEMO, CliResult, run_cli, run_module
