@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: paths to the read-only real data beside the checkout."""
+"""Shared pytest fixtures: paths to the read-only real data beside the checkout, config composition, and one
+finished smoke run that tests needing only "a trained checkpoint" share."""
 from __future__ import annotations
 
 import os
@@ -67,3 +68,17 @@ def compose_plain(compose):
         return to_plain(cfg)
 
     return _compose_plain
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """One finished ``TINY_DEMO`` run (one epoch), trained once per test session in this process.
+
+    Read it, never write into it: a test that adds files beside the checkpoint copies the folder first
+    (``shutil.copytree``) so that the tests stay independent.
+    """
+    from helpers import TINY_DEMO, run_here
+
+    run_dir = tmp_path_factory.mktemp("smoke_run") / "run"
+    run_here("vitmemad.train", *TINY_DEMO, "num_threads=1", f"hydra.run.dir={run_dir}")
+    return run_dir

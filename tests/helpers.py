@@ -1,10 +1,16 @@
 """Helpers for tests that run the real entry points."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +29,79 @@ def run_module(module: str, *overrides: str, timeout: float = 300, check: bool =
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+@dataclass
+class CliResult:
+    """What an entry point run by ``run_cli`` gave: its exit status and its captured output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_line(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def _restored_process_state():
+    """Undo what an in-process run changes globally: logging handlers, torch flags, env, argv."""
+    import torch
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    env, argv = dict(os.environ), sys.argv
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = argv
+
+
+def run_cli(module: str, *overrides: str, script: Path | None = None) -> CliResult:
+    """``python -m module overrides...`` (or ``python script overrides...``) in this process; returns exit status
+    and captured output.
+
+    Exceptions the CLI does not handle (bugs) propagate to the test.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with _restored_process_state(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # runpy: "found in sys.modules", Lightning's tips
+        sys.argv = [str(script or module), *overrides]
+        try:
+            if script is not None:
+                runpy.run_path(str(script), run_name="__main__")
+            else:
+                runpy.run_module(module, run_name="__main__", alter_sys=False)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def run_here(module: str, *overrides: str, check: bool = True, cwd: Path | None = None,
+             script: Path | None = None) -> subprocess.CompletedProcess:
+    """``run_module`` in this process (``run_cli``, in ``cwd`` if given): the same entry point and the same result
+    fields, without the interpreter and import start-up of a subprocess (most of a smoke run's time). For tests
+    where a real subprocess is not itself what is checked."""
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        result = run_cli(module, *overrides, script=script)
+    if check and result.code != 0:
+        raise AssertionError(f"{module} {' '.join(overrides)} failed ({result.code}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-5000:]}")
+    return subprocess.CompletedProcess([module, *overrides], result.code, result.stdout, result.stderr)
 
 
 def read_metrics(run_dir: Path) -> dict:

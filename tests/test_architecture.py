@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_here, run_module
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "checkpoints"
 PACKAGE = REPO_ROOT / "vitmemad"
@@ -34,8 +34,8 @@ def _assert_pinned(record: dict, model: str) -> None:
 
 @pytest.mark.parametrize("model", sorted(PINNED))
 def test_training_gives_the_pinned_metrics(tmp_path, model):
-    run_module("vitmemad.train", f"model={model}", *TINY_DEMO, "seed=0", "num_threads=1",
-               f"hydra.run.dir={tmp_path}")
+    run_here("vitmemad.train", f"model={model}", *TINY_DEMO, "seed=0", "num_threads=1",
+             f"hydra.run.dir={tmp_path}")
     record = read_metrics(tmp_path)
     _assert_pinned(record, model)
     assert record["ablation"] == ("m_ca" if model == "vitmemad_cpu" else None)
@@ -46,7 +46,7 @@ def test_training_gives_the_pinned_metrics(tmp_path, model):
                                    for m in sorted(PINNED)])  # the other two: the same path, a minute more
 def test_old_checkpoints_evaluate_predict_and_export(tmp_path, model):
     ckpt = FIXTURES / f"{model}_57ae7d2.ckpt"
-    run_module("vitmemad.eval", f"ckpt_path={ckpt}", "num_threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
+    run_here("vitmemad.eval", f"ckpt_path={ckpt}", "num_threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
     _assert_pinned(read_metrics(tmp_path / "eval"), model)
 
     images = tmp_path / "images"
@@ -54,14 +54,14 @@ def test_old_checkpoints_evaluate_predict_and_export(tmp_path, model):
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(images / f"part_{i}.png")
-    run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'preds'}",
-               f"hydra.run.dir={tmp_path / 'predict'}")
+    run_here("vitmemad.predict", f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'preds'}",
+             f"hydra.run.dir={tmp_path / 'predict'}")
     rows = json.loads((tmp_path / "preds" / "predictions.json").read_text())
     assert [r["error"] for r in rows] == [None, None] and all(np.isfinite(r["score"]) for r in rows)
     assert np.load(tmp_path / "preds" / "maps" / "part_0.npy").shape == (48, 40)
 
     onnx_file = tmp_path / "model.onnx"
-    run_module("vitmemad.export", f"ckpt_path={ckpt}", f"output={onnx_file}", f"hydra.run.dir={tmp_path / 'export'}")
+    run_here("vitmemad.export", f"ckpt_path={ckpt}", f"output={onnx_file}", f"hydra.run.dir={tmp_path / 'export'}")
     assert onnx_file.stat().st_size > 0
 
 

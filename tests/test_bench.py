@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_here
 from vitmemad.bench.step_profile import CATEGORIES, assign, categorize
 
 
-def _run(*args: str, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_help_lists_examples_and_bad_values_are_refused(tmp_path):
-    proc = _run("-m", "vitmemad.bench", "--help", cwd=tmp_path)
+    proc = run_here("vitmemad.bench", "--help", cwd=tmp_path)  # python -m vitmemad.bench, in this process
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bf16" in proc.stdout and "examples:" in proc.stdout and "vitmemad bench --quick" in proc.stdout
-    bad = _run("-m", "vitmemad.bench", "--rounds", "0", cwd=tmp_path)
+    bad = run_here("vitmemad.bench", "--rounds", "0", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --rounds must be >= 1, not 0"
     assert not (tmp_path / "bench").exists()
 
@@ -32,8 +24,9 @@ def test_help_lists_examples_and_bad_values_are_refused(tmp_path):
 def test_a_tiny_run_records_fp32_and_bf16_figures_against_both_peaks(tmp_path):
     """One preset at debug=smoke size, one round, through the old script path (which the Makefile used)."""
     out = tmp_path / "results.json"
-    proc = _run(str(REPO_ROOT / "experiments" / "bench.py"), "--presets", "vitmemad_real", "--tiny", "--rounds", "1",
-                "--batch", "2", "--presets-only", "--threads", "1", "--out", str(out), cwd=tmp_path)
+    proc = run_here("experiments/bench.py", "--presets", "vitmemad_real", "--tiny", "--rounds", "1", "--batch", "2",
+                    "--presets-only", "--threads", "1", "--out", str(out), cwd=tmp_path, check=False,
+                    script=REPO_ROOT / "experiments" / "bench.py")  # the script, run in this process
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     mm = r["matmul"]

@@ -6,75 +6,16 @@ to check what a user sees, byte for byte, and that the traceback went to the run
 """
 from __future__ import annotations
 
-import io
-import logging
 import os
-import runpy
-import sys
-import warnings
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fixtures_data import make_mvtec, write_image
-from helpers import TINY_DEMO, run_module
+from helpers import TINY_DEMO, CliResult, run_cli, run_module
 from vitmemad import cli
 from vitmemad.data import DatasetError
-
-
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = [line for line in self.stderr.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
-
-
-@contextmanager
-def _restored_process_state():
-    """Undo what an in-process run changes globally: logging handlers, torch flags, env, argv."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    env, argv = dict(os.environ), sys.argv
-    try:
-        yield
-    finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads)
-        os.environ.clear()
-        os.environ.update(env)
-        sys.argv = argv
-
-
-def run_cli(module: str, *overrides: str) -> CliResult:
-    """``python -m module overrides...`` in this process; returns exit status and captured output.
-
-    Exceptions the CLI does not handle (bugs) propagate to the test.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with _restored_process_state(), redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # runpy: "found in sys.modules", Lightning's tips
-        sys.argv = [module, *overrides]
-        try:
-            runpy.run_module(module, run_name="__main__", alter_sys=False)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: CliResult, *fragments: object) -> str:

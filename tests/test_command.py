@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from helpers import REPO_ROOT, TINY_DEMO, read_metrics
+from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_here
 from vitmemad import interrupts
 from vitmemad import main as console
 
@@ -93,9 +93,9 @@ def test_hydra_commands_print_a_short_help_with_examples(tmp_path, command):
     assert not list(tmp_path.iterdir())  # the help writes no run folder
     if command == "train":
         assert "logger: csv, tensorboard, wandb" in out and "\nmodel: " in out and "\ndata: " in out
-        same = subprocess.run([sys.executable, "-m", "vitmemad.train", "--help"], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        same = run_here("vitmemad.train", "--help", cwd=tmp_path)  # in this process: the module imports torch
         assert same.returncode == 0 and same.stdout == out  # `python -m vitmemad.train --help` is the same help
+        assert not list(tmp_path.iterdir())
 
 
 def test_report_help_has_a_description_examples_and_the_debug_flag():
@@ -146,13 +146,14 @@ def test_argparse_commands_end_with_the_contract_exit_codes(monkeypatch, capsys,
 
 def test_bench_help_once_the_module_exists():
     pytest.importorskip("vitmemad.bench")
-    proc = vitmemad("bench", "--help", timeout=120)
+    proc = run_here("vitmemad", "bench", "--help")  # in this process: vitmemad.bench imports torch
     assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr[-2000:]
 
 
 def test_a_user_error_exits_2_with_one_error_line(tmp_path):
-    proc = vitmemad("eval", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}",
-                    timeout=180)
+    # `python -m vitmemad eval ...` in this process (test_train_runs_end_to_end runs the command in a subprocess)
+    proc = run_here("vitmemad", "eval", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}",
+                    check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "missing.ckpt" in errors[0]

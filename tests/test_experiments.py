@@ -3,8 +3,6 @@ submitted), and the Table 6 smoke sweep followed by report.py gives a 4-row abla
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from helpers import REPO_ROOT, TINY_DEMO, assert_real_png, load_report, read_metrics, run_module
+from helpers import TINY_DEMO, assert_real_png, load_report, read_metrics, run_here
 from vitmemad.metrics.curves import pro_area, roc_area
 from vitmemad.report import figures as report_figures
 from vitmemad.report.style import bar_series, labelled_lines
@@ -134,8 +132,8 @@ def test_slurm_launcher_composes_with_a_paper_table(compose_cfg, launcher, tmp_p
 
 def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_module("vitmemad.train", "-m", "experiment=table6_ablation_smoke", *TINY_DEMO,
-                      f"hydra.sweep.dir={sweep}", timeout=240)
+    proc = run_here("vitmemad.train", "-m", "experiment=table6_ablation_smoke", *TINY_DEMO,
+                    f"hydra.sweep.dir={sweep}")
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert [p.name for p in jobs] == ["0_base_brick", "1_m_brick", "2_ca_brick", "3_m_ca_brick"], proc.stdout[-2000:]
     for job, ablation in zip(jobs, ABLATIONS):
@@ -143,9 +141,8 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
         assert m["ablation"] == ablation and m["category"] == "brick" and m["dataset"] == "demo"
         assert m["epochs"] == 1  # debug=smoke shrinks the smoke experiment further
         assert (m["memory"] is not None) == (ablation in ("m", "m_ca"))
-    report = subprocess.run([sys.executable, "experiments/report.py", str(sweep), "--include-debug"],  # debug=smoke
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert report.returncode == 0, report.stderr
+    report = load_report()  # experiments/report.py, in this process (test_report runs the script itself)
+    assert report.main([str(sweep), "--include-debug"]) == 0  # --include-debug: these are debug=smoke runs
     md = (sweep / "results.md").read_text()
     section = md.split("### Ablation (Table 6 style)")[1].split("Gain over Base")[0]
     rows = [line for line in section.splitlines() if line.startswith("| Base")]
@@ -166,7 +163,7 @@ def test_table6_smoke_sweep_then_report_gives_the_ablation_table(tmp_path):
     for name in names:
         assert_real_png(sweep / "figures" / name)
         assert f"](figures/{name})" in md
-    specs = {name: build for _, name, _, build in report_figures.figure_specs(load_report().collect([sweep]))}
+    specs = {name: build for _, name, _, build in report_figures.figure_specs(report.collect([sweep]))}
     assert [len(labelled_lines(ax)) for ax in specs["demo_brick_curves"]().axes] == [4, 4]
     assert len(bar_series(specs["demo_brick_ablation"]().axes[0])) == 4  # demo: no paper bars
 

@@ -3,6 +3,7 @@ overwrites silently; the throughput benchmark runs both runtimes."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import read_metrics, run_here
 from vitmemad.build import build_module
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.export import benchmark_inference, export, export_onnx, onnx_session
@@ -21,10 +22,11 @@ from vitmemad.onnx_model import PREPROCESS, read_metadata
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("train")
-    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
-    return read_metrics(run_dir)["ckpt_path"]
+def ckpt(smoke_run, tmp_path_factory) -> str:
+    """The shared smoke run's best checkpoint, copied: the export CLI writes model.onnx beside it."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    shutil.copytree(smoke_run, run_dir)
+    return str(run_dir / Path(read_metrics(smoke_run)["ckpt_path"]).relative_to(smoke_run))
 
 
 def images(batch: int, size: int, seed: int) -> torch.Tensor:
@@ -46,7 +48,7 @@ def assert_matches_torch(onnx_path: Path, module: AnomalyModule) -> None:
 def test_export_cli_default_path_and_no_silent_overwrite(tmp_path, ckpt):
     default = Path(ckpt).parent / "model.onnx"
     assert not default.exists()
-    run_module("vitmemad.export", f"ckpt_path={ckpt}", "format=onnx", f"hydra.run.dir={tmp_path / 'run1'}")
+    run_here("vitmemad.export", f"ckpt_path={ckpt}", "format=onnx", f"hydra.run.dir={tmp_path / 'run1'}")
     assert default.is_file()
 
     module = load_module(ckpt)
@@ -63,11 +65,11 @@ def test_export_cli_default_path_and_no_silent_overwrite(tmp_path, ckpt):
     assert parity["atol"] == 1e-4 and 0 <= parity["max_abs_diff"] <= 1e-4 and parity["batch_sizes"] == [1, 3]
 
     before = default.read_bytes()
-    refused = run_module("vitmemad.export", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run2'}", check=False)
+    refused = run_here("vitmemad.export", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'run2'}", check=False)
     assert refused.returncode != 0 and "already exists" in refused.stderr + refused.stdout
     assert default.read_bytes() == before
 
-    run_module("vitmemad.export", f"ckpt_path={ckpt}", "overwrite=true", f"output={tmp_path / 'out' / 'm.onnx'}",
+    run_here("vitmemad.export", f"ckpt_path={ckpt}", "overwrite=true", f"output={tmp_path / 'out' / 'm.onnx'}",
                f"hydra.run.dir={tmp_path / 'run3'}")
     assert_matches_torch(tmp_path / "out" / "m.onnx", module)
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary file left behind

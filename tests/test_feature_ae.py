@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import read_metrics, run_module
+from helpers import read_metrics, run_here
 from vitmemad.build import build_module
 from vitmemad.config import net_parts
 from vitmemad.models import CoordinateAttention, FeatureMemAE, MemoryModule, ReconstructionModule
@@ -105,8 +105,8 @@ def test_bad_settings_are_clear_errors(kwargs, match):
 
 def test_vitmemad_feat_through_train(tmp_path):
     # model.epochs: the old spelling of trainer.max_epochs
-    run_module("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1", "data.n_train=16", "data.n_test_good=4",
-               "data.n_test_defect=4", "data.crop_size=64", f"hydra.run.dir={tmp_path}", "num_threads=1")
+    run_here("vitmemad.train", *SMALL, "ablation=base", "model.epochs=1", "data.n_train=16", "data.n_test_good=4",
+             "data.n_test_defect=4", "data.crop_size=64", f"hydra.run.dir={tmp_path}", "num_threads=1")
     metrics = read_metrics(tmp_path)
     assert metrics["model"] == "vitmemad_feat" and metrics["ablation"] == "base"
     assert metrics["epochs"] == 1 and metrics["num_test_images"] == 8

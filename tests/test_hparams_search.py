@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.callbacks.labelled_validation import check_optimized_metric
 from vitmemad.data import DemoDataModule, DatasetError, Sample
 from vitmemad.data.labelled_split import stratified_split
@@ -99,9 +99,9 @@ def test_labelled_split_datamodule_tests_only_the_test_half():
 def test_tiny_labelled_grid_ranks_jobs_by_validation_auroc_and_never_tests(tmp_path):
     sweep = tmp_path / "sweep"
     # model.memory.size: the old spelling of the grid key model.net.memory.size
-    run_module("vitmemad.train", "hparams_search=lambda_grid_labelled", "loss.lambda_ssim=0.5,1.0",
-               "loss.lambda_ent=0.001", "model.memory.size=16", *TINY_DEMO, "trainer.max_epochs=2",
-               f"hydra.sweep.dir={sweep}", timeout=240)
+    run_here("vitmemad.train", "hparams_search=lambda_grid_labelled", "loss.lambda_ssim=0.5,1.0",
+             "loss.lambda_ent=0.001", "model.memory.size=16", *TINY_DEMO, "trainer.max_epochs=2",
+             f"hydra.sweep.dir={sweep}")
     with open(sweep / "search_results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2"] and {r["status"] for r in rows} == {"COMPLETED"}
@@ -113,6 +113,6 @@ def test_tiny_labelled_grid_ranks_jobs_by_validation_auroc_and_never_tests(tmp_p
     assert not list(sweep.glob("*/metrics.json"))  # no test during the search
     # the chosen run is tested afterwards on the held-out test half (its checkpoint carries the split)
     (ckpt,) = (sweep / best["best"]["output_dir"].rsplit("/", 1)[1] / "checkpoints").glob("best-*.ckpt")
-    run_module("vitmemad.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", timeout=120)
+    run_here("vitmemad.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
     tested = read_metrics(tmp_path / "eval")
     assert tested["num_test_images"] == 6 and tested["labelled_val_fraction"] == 0.5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import read_metrics, run_module
+from helpers import read_metrics, run_here, run_module
 from vitmemad.data.demo import write_demo_dataset
 from vitmemad.checkpoint import CheckpointError, check_state_dict, load_checkpoint
 from vitmemad.models.patchcore import PatchCore, greedy_coreset, nearest_distances
@@ -178,7 +178,7 @@ def test_patchcore_config_builds_a_patchcore_module(compose_plain):
 @pytest.fixture(scope="module")
 def patchcore_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("patchcore_run")
-    run_module("vitmemad.train", *TINY_PATCHCORE, f"hydra.run.dir={run_dir}", "num_threads=1")
+    run_here("vitmemad.train", *TINY_PATCHCORE, f"hydra.run.dir={run_dir}", "num_threads=1")
     return run_dir
 
 
@@ -202,15 +202,15 @@ def test_patchcore_trains_and_tests_on_the_demo(patchcore_run):
 def test_patchcore_checkpoint_evaluates_and_predicts(patchcore_run, tmp_path):
     ckpt = patchcore_run / "checkpoints" / "last.ckpt"
     eval_dir = tmp_path / "eval"
-    run_module("vitmemad.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={eval_dir}", "num_threads=1")
+    run_here("vitmemad.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={eval_dir}", "num_threads=1")
     trained, evaluated = read_metrics(patchcore_run), read_metrics(eval_dir)
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6)
     demo = write_demo_dataset(tmp_path / "demo", "brick", crop_size=64, n_train=1, n_test_good=1, n_test_defect=2)
     inputs = [demo / "test" / "good" / "000.png", demo / "test" / "scratch" / "000.png"]
     out = tmp_path / "preds"
-    run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={demo / 'test' / '*' / '000.png'}", f"output={out}",
-               "num_threads=1", f"hydra.run.dir={tmp_path / 'predict_run'}")
+    run_here("vitmemad.predict", f"ckpt_path={ckpt}", f"input={demo / 'test' / '*' / '000.png'}", f"output={out}",
+             "num_threads=1", f"hydra.run.dir={tmp_path / 'predict_run'}")
     rows = {Path(r["path"]).parent.name: r for r in json.loads((out / "predictions.json").read_text())}
     assert set(rows) == {"good", "scratch", "spot"} and all(r["error"] in ("", None) for r in rows.values())
     assert rows["scratch"]["score"] > rows["good"]["score"] and rows["spot"]["score"] > rows["good"]["score"]

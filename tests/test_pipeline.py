@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.build import DATA_METADATA, build_datamodule, build_module
 from vitmemad.checkpoint import load_checkpoint
 from vitmemad.data import DemoDataModule, collate
@@ -139,8 +139,8 @@ def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
 @pytest.mark.parametrize("model", ["vitmemad_cpu", pytest.param("cae", marks=pytest.mark.slow)])
 def test_train_then_eval_round_trip(tmp_path, model):
     run_dir = tmp_path / "train"
-    run_module("vitmemad.train", f"model={model}", *TINY_DEMO, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
-               "logger=csv", "model.optimizer.warmup_epochs=1")  # an old spelling of model.scheduler.warmup_epochs
+    run_here("vitmemad.train", f"model={model}", *TINY_DEMO, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
+             "logger=csv", "model.optimizer.warmup_epochs=1")  # an old spelling of model.scheduler.warmup_epochs
     trained = read_metrics(run_dir)
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:  # logger=csv: one row of figures per epoch
         rows = list(csv.DictReader(f))
@@ -163,7 +163,7 @@ def test_train_then_eval_round_trip(tmp_path, model):
         assert bool(ckpt["state_dict"]["net.memory.initialized"])
 
     eval_dir = tmp_path / "eval"
-    run_module("vitmemad.eval", f"ckpt_path={trained['ckpt_path']}", f"hydra.run.dir={eval_dir}")
+    run_here("vitmemad.eval", f"ckpt_path={trained['ckpt_path']}", f"hydra.run.dir={eval_dir}")
     evaluated = read_metrics(eval_dir)
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-9)

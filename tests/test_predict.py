@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import read_metrics, run_here
 from vitmemad.data import DatasetError, load_image, preprocess, write_demo_dataset
 from vitmemad.inference import calibrated_thresholds, image_size_of, list_inputs, load_module, output_names
 from vitmemad.models.anomaly_map import resize_maps
@@ -41,10 +41,9 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("train")
-    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
-    return read_metrics(run_dir)["ckpt_path"]
+def ckpt(smoke_run) -> str:
+    """The shared smoke run's best checkpoint (read only: predict writes its outputs elsewhere)."""
+    return read_metrics(smoke_run)["ckpt_path"]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def has_colour_bar(region: np.ndarray) -> bool:
 
 def test_predict_folder_with_good_odd_and_broken_files(tmp_path, ckpt, inputs):
     out = tmp_path / "pred"
-    proc = run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}", "masks=true",
+    proc = run_here("vitmemad.predict", f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}", "masks=true",
                       "batch_size=4", f"hydra.run.dir={tmp_path / 'run'}")
     assert "predict: 100%" in proc.stderr  # the progress bar
 
@@ -139,7 +138,7 @@ def test_predict_folder_with_good_odd_and_broken_files(tmp_path, ckpt, inputs):
     assert sorted(p.stem for p in (out / "maps").iterdir()) == sorted(GOOD)
 
     # Predictions are never overwritten silently.
-    again = run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}",
+    again = run_here("vitmemad.predict", f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}",
                        f"hydra.run.dir={tmp_path / 'run2'}", check=False)
     assert again.returncode != 0 and "already holds predictions" in again.stderr + again.stdout
 
@@ -149,7 +148,7 @@ def test_glob_threshold_override_and_overwrite(tmp_path, ckpt, inputs):
     out.mkdir()
     (out / "predictions.csv").write_text("old\n")
     common = [f"ckpt_path={ckpt}", f"input={inputs}/*_000.png", f"output={out}", "progress=false"]
-    run_module("vitmemad.predict", *common, "threshold=0.0", "overwrite=true", "overlay_legend=false",
+    run_here("vitmemad.predict", *common, "threshold=0.0", "overwrite=true", "overlay_legend=false",
                f"hydra.run.dir={tmp_path / 'run'}")
     rows = read_csv(out / "predictions.csv")
     assert sorted(Path(r["path"]).name for r in rows) == ["good_000.png", "scratch_000.png", "spot_000.png"]
@@ -205,7 +204,7 @@ def test_overwrite_keeps_only_this_runs_outputs_and_maps_follow_exif(tmp_path, c
     new = tmp_path / "new"
     write_rotated_jpeg(new / "rotated.jpg", upright)
     shutil.copy(inputs / "good_000.png", new / "good_000.png")
-    run_module("vitmemad.predict", f"ckpt_path={ckpt}", f"input={new}", f"output={out}", "progress=false",
+    run_here("vitmemad.predict", f"ckpt_path={ckpt}", f"input={new}", f"output={out}", "progress=false",
                "overwrite=true", f"hydra.run.dir={tmp_path / 'run2'}")
     for sub, suffix in (("maps", ".npy"), ("overlays", ".png")):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"good_000{suffix}", f"rotated{suffix}"], sub
@@ -280,7 +279,7 @@ def test_onnx_file_predicts_like_its_checkpoint(tmp_path, compose, ckpt, inputs)
     with pytest.raises(VitmemadError, match=r"bare\.onnx has no vitmemad metadata"):
         predict_here(compose, tmp_path / "bare.onnx", inputs, tmp_path / "bare")
     assert not (tmp_path / "bare" / "predictions.csv").exists()
-    proc = run_module("vitmemad.predict", f"ckpt_path={tmp_path / 'bare.onnx'}", f"input={inputs}",
+    proc = run_here("vitmemad.predict", f"ckpt_path={tmp_path / 'bare.onnx'}", f"input={inputs}",
                       f"output={tmp_path / 'bare'}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'bare.onnx'} has no vitmemad metadata")

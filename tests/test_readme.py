@@ -3,8 +3,8 @@
 Convention: every ```bash block of README.md is run, in order, at smoke size, in one scratch folder. A block
 fenced as ```bash real needs real data, a GPU or hours, or installs: it is not run, only checked (known command,
 existing make target, and for `vitmemad train` a config that composes). How a runnable command is run:
-- `vitmemad <cmd> ...`: the console script beside this Python, or `python -m vitmemad.<cmd>` (report and bench:
-  their scripts in experiments/) where it is not installed; `test_console_script` checks that it is;
+- `vitmemad <cmd> ...`: in this process, through `vitmemad.main` (what the console script calls, as
+  `python -m vitmemad <cmd>` does); `test_console_script` checks that the script is installed and runs;
 - `make demo`: its Makefile recipe with this Python; other make targets are only checked to exist (`make test`
   would run this suite);
 - `train` gets `debug=smoke num_threads=1` (and a handful of demo crops when no `data=` is given), eval,
@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_here
+
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("train", "eval", "predict", "export", "report", "bench")
-SCRIPTS = {"report": REPO / "experiments" / "report.py", "bench": REPO / "experiments" / "bench.py"}
 TINY_DEMO = ["data.n_train=24", "data.n_test_good=6", "data.n_test_defect=6"]
 CHECKED_DOCS = ("README.md", "docs/results.md", "docs/data.md")  # their real blocks' train commands compose
 CONTRACT_COLUMNS = ["path", "score", "label", "threshold", "error"]
@@ -112,7 +112,8 @@ def _console_script() -> Path | None:
     return script if script.is_file() else None
 
 
-def _argv(cmd: Command) -> list[str]:
+def _args(cmd: Command) -> list[str]:
+    """The `vitmemad` command's arguments, at smoke size."""
     args = list(cmd.args)
     if cmd.task == "train":
         args += ["debug=smoke", "num_threads=1"] + ([] if _arg(args, "data") else TINY_DEMO)
@@ -120,12 +121,7 @@ def _argv(cmd: Command) -> list[str]:
         args += ["num_threads=1"]
     elif cmd.task == "report":
         args += ["--include-debug"]  # the trainings here are debug=smoke runs, which a report leaves out
-    script = _console_script()
-    if script is not None:
-        return [str(script), cmd.task, *args]
-    if cmd.task in SCRIPTS:
-        return [sys.executable, str(SCRIPTS[cmd.task]), *args]
-    return [sys.executable, "-m", f"vitmemad.{cmd.task}", *args]
+    return [cmd.task, *args]
 
 
 def _metrics_files(root: Path) -> set[Path]:
@@ -147,8 +143,6 @@ class ReadmeRun:
 
     def __init__(self, root: Path):
         self.root, self.done, self.seen = root, [], {}
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
-                    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         self.predictions: dict[str, dict[str, float]] = {}  # input -> {file name: score} of checkpoint predicts
         self.latest: list[tuple[str, Path, Path | None]] = []  # (train command, its run folder, latest's target)
         self._make_images()
@@ -182,9 +176,9 @@ class ReadmeRun:
         if key in self.seen:
             return self.seen[key]
         before = _metrics_files(self.root)
-        proc = subprocess.run(_argv(cmd), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
+        proc = run_here("vitmemad", *_args(cmd), check=False, cwd=self.root)  # W&B offline: conftest
         problems = [] if proc.returncode == 0 else [
-            f"exit {proc.returncode}: {' '.join(_argv(cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"]
+            f"exit {proc.returncode}: vitmemad {' '.join(_args(cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"]
         if not problems:
             problems = getattr(self, f"_check_{cmd.task}")(cmd, _metrics_files(self.root) - before)
         self.seen[key] = (proc, problems)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.pipeline import ablation_name, model_name
 from vitmemad.run_latest import latest_link, point_latest
 
@@ -62,7 +62,7 @@ def test_latest_link_only_below_the_tasks_folder_and_replaced_atomically(tmp_pat
 
 def test_smoke_runs_land_in_named_folders_and_latest_follows_finished_runs_only(tmp_path):
     train = tmp_path / "outputs" / "train"
-    run_module("vitmemad.train", *TINY_DEMO, "num_threads=1", cwd=tmp_path, timeout=240)
+    run_here("vitmemad.train", *TINY_DEMO, "num_threads=1", cwd=tmp_path)
     (first,) = train.glob("vitmemad_cpu/demo-brick/m_ca-s0/*")
     assert re.fullmatch(TIME, first.name)
     record = read_metrics(first)
@@ -72,26 +72,26 @@ def test_smoke_runs_land_in_named_folders_and_latest_follows_finished_runs_only(
     assert read_metrics(latest) == record
 
     # a run that fails inside its folder leaves `latest` where it was
-    failed = run_module("vitmemad.train", "debug=smoke", "data=mvtec", f"data.root={tmp_path / 'no_mvtec'}",
-                        cwd=tmp_path, check=False, timeout=120)
+    failed = run_here("vitmemad.train", "debug=smoke", "data=mvtec", f"data.root={tmp_path / 'no_mvtec'}",
+                      cwd=tmp_path, check=False)
     assert failed.returncode == 2, failed.stderr[-2000:]
     (failed_dir,) = train.glob("vitmemad_cpu/mvtec-bottle/m_ca-s0/*")
     assert status(failed_dir)["state"] == "failed" and not (failed_dir / "metrics.json").exists()
     assert latest.resolve() == first.resolve()
 
     # eval from the link: its own named folder and its own `latest`; the next finished training run moves train's
-    run_module("vitmemad.eval", f"ckpt_path={latest / 'checkpoints' / 'last.ckpt'}", "num_threads=1", cwd=tmp_path)
+    run_here("vitmemad.eval", f"ckpt_path={latest / 'checkpoints' / 'last.ckpt'}", "num_threads=1", cwd=tmp_path)
     (evaluated,) = (tmp_path / "outputs" / "eval").glob("2*")
     assert (tmp_path / "outputs" / "eval" / "latest").resolve() == evaluated.resolve()
     assert read_metrics(evaluated)["image_AUROC"] == pytest.approx(record["image_AUROC"])  # one epoch: best is last
-    run_module("vitmemad.train", "model=cae", *TINY_DEMO, "num_threads=1", cwd=tmp_path, timeout=240)
+    run_here("vitmemad.train", "model=cae", *TINY_DEMO, "num_threads=1", cwd=tmp_path)
     (cae,) = train.glob("cae/demo-brick/cae-s0/*")
     assert read_metrics(cae)["ablation"] is None and latest.resolve() == cae.resolve()
 
     # a run written elsewhere never creates or moves a link
     elsewhere = tmp_path / "elsewhere"
-    run_module("vitmemad.eval", f"ckpt_path={cae / 'checkpoints' / 'last.ckpt'}", "num_threads=1",
-               f"hydra.run.dir={elsewhere}", cwd=tmp_path)
+    run_here("vitmemad.eval", f"ckpt_path={cae / 'checkpoints' / 'last.ckpt'}", "num_threads=1",
+             f"hydra.run.dir={elsewhere}", cwd=tmp_path)
     assert read_metrics(elsewhere)["model"] == "cae"
     assert (tmp_path / "outputs" / "eval" / "latest").resolve() == evaluated.resolve()
     assert not (elsewhere / "latest").exists()
@@ -100,7 +100,7 @@ def test_smoke_runs_land_in_named_folders_and_latest_follows_finished_runs_only(
 def test_sweep_jobs_are_named_by_their_overrides_and_resume_and_refusal_still_work(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = ("ablation=base,m_ca", *TINY_DEMO, "num_threads=1", "data.num_workers=0")  # the last two: excluded
-    run_module("vitmemad.train", "-m", *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)
+    run_here("vitmemad.train", "-m", *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     tiny = "data.crop_size-64+data.n_test_defect-6+data.n_test_good-6+data.n_train-24+debug-smoke"
     jobs = {a: sweep / f"ablation-{a}+{tiny}" for a in ("base", "m_ca")}
     assert sorted(p for p in sweep.iterdir() if p.is_dir()) == sorted(jobs.values())
@@ -110,11 +110,11 @@ def test_sweep_jobs_are_named_by_their_overrides_and_resume_and_refusal_still_wo
 
     # the job's folder name goes into an override unquoted: resume it with one more epoch
     job = jobs["m_ca"]
-    run_module("vitmemad.train", "ablation=m_ca", *TINY_DEMO, "num_threads=1", "trainer.max_epochs=2",
-               f"hydra.run.dir={job}", "ckpt_path=last", cwd=tmp_path, timeout=240)
+    run_here("vitmemad.train", "ablation=m_ca", *TINY_DEMO, "num_threads=1", "trainer.max_epochs=2",
+             f"hydra.run.dir={job}", "ckpt_path=last", cwd=tmp_path)
     assert read_metrics(job)["epochs"] == 2 and (job / "metrics.previous.json").is_file()
-    refused = run_module("vitmemad.train", "ablation=base", *TINY_DEMO, f"hydra.run.dir={jobs['base']}",
-                         cwd=tmp_path, check=False, timeout=120)
+    refused = run_here("vitmemad.train", "ablation=base", *TINY_DEMO, f"hydra.run.dir={jobs['base']}",
+                       cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "already holds a finished run" in refused.stderr
 
 

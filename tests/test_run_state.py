@@ -96,13 +96,10 @@ def test_a_second_run_into_a_running_folder_is_refused_and_sigint_ends_the_first
         log_before = (run_dir / "train.log").read_bytes()
         config_before = (run_dir / ".hydra" / "config.yaml").read_bytes()
         first.send_signal(signal.SIGSTOP)  # alive, heartbeat fresh; the second's start-up gets the CPU meanwhile
-        second = start_run(run_dir, "trainer.max_epochs=2")
-        err = stderr_of(second)
+        second = run_cli("vitmemad.train", *RUN_ARGS, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}")
         first.send_signal(signal.SIGCONT)
-        assert second.returncode == 2, err[-3000:]
-        line = err.strip().splitlines()[-1]
-        assert line.startswith("error: ") and "in use by a running run" in line and f"pid {first.pid}" in line
-        assert "Error executing job" not in err
+        assert_one_line_error(second, "in use by a running run", f"pid {first.pid}")
+        assert "Error executing job" not in second.stderr
         assert first.poll() is None  # the first run goes on, its files untouched by the second
         assert (run_dir / "train.log").read_bytes().startswith(log_before)
         assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before

@@ -9,18 +9,21 @@ import sys
 
 import pytest
 
-from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_module
+from helpers import REPO_ROOT, read_metrics
 
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
 import select_map  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("train")
-    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", "anomaly_map.sigma=4",
-               f"hydra.run.dir={run_dir}")
-    return read_metrics(run_dir)
+def run(smoke_run):
+    """The shared smoke run (one epoch, the l2 map at sigma 4, the tests below rely on it)."""
+    from vitmemad.checkpoint import load_checkpoint
+
+    record = read_metrics(smoke_run)
+    anomaly_map = load_checkpoint(record["ckpt_path"])["hyper_parameters"]["cfg"]["anomaly_map"]
+    assert (anomaly_map["source"], anomaly_map["sigma"]) == ("l2", 4.0)
+    return record
 
 
 def _rows(capsys, *args: str) -> list[dict]:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.errors import ConfigError
 from vitmemad.utils import tensorboard_logging
 
@@ -28,7 +28,7 @@ def _events(run_dir):
 def test_a_smoke_run_writes_real_scalars_hparams_and_images(tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    run_module("vitmemad.train", *TINY_DEMO, "logger=[csv,tensorboard]", f"hydra.run.dir={tmp_path}")
+    run_here("vitmemad.train", *TINY_DEMO, "logger=[csv,tensorboard]", f"hydra.run.dir={tmp_path}")
     record = read_metrics(tmp_path)
     acc = _events(tmp_path)
     tags = acc.Tags()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_DEMO, assert_real_png, read_metrics, run_module
+from helpers import TINY_DEMO, assert_real_png, read_metrics, run_here
 from vitmemad.models.memory import MemoryModule
 from vitmemad.models.memory_stats import MemoryUsage, MemoryUsageHook
 from vitmemad.utils import wandb_logging
@@ -75,8 +75,8 @@ def read_offline_run(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("wandb") / "2026-01-01_00-00-00-000000_wandb_sweep"
-    run_module("vitmemad.train", "-m", "logger=wandb", "categories=all", "data.categories=[brick,grass]",
-               *TINY_DEMO, f"hydra.sweep.dir={sweep_dir}", timeout=240)
+    run_here("vitmemad.train", "-m", "logger=wandb", "categories=all", "data.categories=[brick,grass]",
+             *TINY_DEMO, f"hydra.sweep.dir={sweep_dir}")
     return sweep_dir
 
 
