@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import TINY_DEMO, read_metrics, run_module
+from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.run_dir import finished_run, resume_path
 
 
@@ -22,7 +22,7 @@ def test_a_rerun_sweep_skips_finished_jobs_and_resumes_an_interrupted_one(tmp_pa
     sweep = tmp_path / "sweep"
     command = ("-m", "seed=0,1", *TINY_DEMO, "num_threads=1", "ckpt_path=auto",
                f"hydra.sweep.dir={sweep}")
-    run_module("vitmemad.train", *command, cwd=tmp_path, timeout=300)
+    run_here("vitmemad.train", *command, cwd=tmp_path)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [[i for i in j.name.split("+") if i.startswith("seed-")] for j in jobs] == [["seed-0"], ["seed-1"]]
     assert not any("ckpt_path" in j.name for j in jobs)
@@ -32,7 +32,7 @@ def test_a_rerun_sweep_skips_finished_jobs_and_resumes_an_interrupted_one(tmp_pa
     (interrupted / "metrics.json").unlink()
     (interrupted / "status.json").write_text(json.dumps({"state": "interrupted", "pid": None}))
 
-    rerun = run_module("vitmemad.train", *command, cwd=tmp_path, timeout=300)
+    rerun = run_here("vitmemad.train", *command, cwd=tmp_path)
     assert "holds a finished run: skipped (ckpt_path=auto)" in rerun.stdout + rerun.stderr
     assert (finished / "metrics.json").read_bytes() == before[finished]  # untouched, not retrained
     assert json.loads((finished / "status.json").read_text())["state"] == "finished"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import REPO_ROOT, read_metrics
+from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_here
 
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
 import select_map  # noqa: E402
@@ -42,8 +42,8 @@ def test_whole_test_set_l2_reproduces_the_pipeline_metrics(run, capsys):
 @pytest.fixture(scope="module")
 def referenced_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train_referenced")
-    run_module("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", "anomaly_map.sigma=4",
-               "anomaly_map.reference=normal_mean", f"hydra.run.dir={run_dir}")
+    run_here("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=1", "anomaly_map.sigma=4",
+             "anomaly_map.reference=normal_mean", "num_threads=1", f"hydra.run.dir={run_dir}")
     return read_metrics(run_dir)
 
 
