@@ -84,3 +84,18 @@ def test_mean_rank_prefers_the_row_that_wins_most_metrics():
             {"image_AUROC": 0.95, "pixel_AUROC": 0.85, "PRO": 0.6},
             {"image_AUROC": 0.5, "pixel_AUROC": 0.9, "PRO": 0.5}]
     assert select_map.best_by_mean_rank(rows) is rows[1]
+
+
+def test_image_scores_raw_max_is_select_maps_setting_and_the_variants_differ(run, capsys):
+    import image_scores
+
+    expected = _rows(capsys, run["ckpt_path"], "--sources", "l2", "--sigmas", "4")[0]
+    assert image_scores.main([run["ckpt_path"], "--sigmas", "4", "--source", "l2"]) == 0
+    rows = {r["map"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(rows) == {"raw", "sub", "z"}
+    for key in select_map.METRICS:
+        assert rows["raw"]["max" if key == "image_AUROC" else key] == pytest.approx(expected[key], abs=1e-4), key
+    assert rows["sub"]["pixel_AUROC"] != rows["raw"]["pixel_AUROC"]
+    assert image_scores.main([run["ckpt_path"], "--readout"]) == 0
+    (readout,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert readout["map"] == "readout" and 0.0 <= readout["max"] <= 1.0
