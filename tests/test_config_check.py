@@ -18,6 +18,8 @@ from test_resume import RUN_ARGS
     ("data.val_fraction=0", ["test_ckpt=best", "data.val_fraction=0", "test_ckpt=last"]),
     ("test_ckpt=worst", ["test_ckpt='worst'", "best, last or null"]),
     ("num_threads=0", ["num_threads=0"]),
+    ("loss.lambda_mem=-1", ["loss.lambda_mem=-1", "a number >= 0"]),
+    ("anomaly_map.reference=median", ["anomaly_map.reference='median'", "none or normal_mean"]),
 ])
 def test_bad_values_are_refused_before_anything_is_written(tmp_path, override, fragments):
     run_dir = tmp_path / "run"

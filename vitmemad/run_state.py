@@ -247,7 +247,6 @@ class TrackRunState(_HydraCallback):
         from omegaconf import OmegaConf
 
         from vitmemad.cli import StopBeforeRun
-
         from vitmemad.run_dir import finished_run
 
         hint = None

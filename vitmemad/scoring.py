@@ -17,7 +17,6 @@ from vitmemad.errors import ConfigError
 from vitmemad.trainer_precision import PRECISIONS
 
 
-
 class Scorer(Protocol):
     device: torch.device
     image_size: int

@@ -44,9 +44,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg["data"])
     module = build_module(run_cfg["model"])
     pipeline.compile_model(module.net, cfg.get("compile"))
-    if resume is not None:
-        log.info("resuming from %s", resume)
     if resume is not None:  # another model config's checkpoint: an error naming the keys, not Lightning's traceback
+        log.info("resuming from %s", resume)
         check_state_dict(module, load_checkpoint(resume)["state_dict"], resume, optional=frozenset())
     callbacks = [*build_callbacks(run_cfg.get("callbacks")), SaveRunConfig(run_cfg)]
     loggers = build_loggers(run_cfg.get("logger"))
