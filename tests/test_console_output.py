@@ -22,7 +22,7 @@ from vitmemad.callbacks.progress import LogProgress, duration, epoch_interval
 BANNED = ("GPU available", "TPU available", "Tip:", "litlogger", "LeafSpec", "to estimate number of stepping",
           "Seed set to", "Test metric", "DataLoader 0", "Loaded model weights", "anonymous", "wandb:",
           "Run history", "Run summary")
-PROGRESS = re.compile(r"epoch (\d+)/3 \| loss \S+ \(l2 \S+, ssim \S+, entropy \S+\) \| "
+PROGRESS = re.compile(r"epoch (\d+)/3 \| loss \S+ \(l2 \S+, ssim \S+, entropy \S+(?:, memory \S+)?\) \| "
                       r"val/loss \S+( \(memory warm-up\))? \| elapsed \S+ \| ETA \S+$", re.M)
 
 

@@ -71,8 +71,9 @@ def test_gpu_check_reads_the_paper_preset_as_hydra_composes_it(compose):
         k: cfg.data[k] for k in ("image_size", "batch_size")}
     assert preset["trainer"]["max_epochs"] == cfg.trainer.max_epochs
     assert plain["ablation"] == OmegaConf.to_container(cfg.ablation)
-    for group in ("loss", "anomaly_map"):  # constructor arguments: no _target_
-        assert plain[group] == {k: v for k, v in OmegaConf.to_container(cfg[group]).items() if k != "_target_"}, group
+    for group in ("loss", "anomaly_map"):  # constructor arguments: no _target_, no interpolations
+        assert plain[group] == gpu_check._plain(OmegaConf.to_container(cfg[group])), group
+        assert "source" in plain["anomaly_map"] and "lambda_ent" in plain["loss"]
     enc = preset["model"]["net"]["encoder"]
     assert (preset["data"]["image_size"], preset["data"]["batch_size"], enc["embed_dim"], enc["depth"],
             enc["num_heads"]) == (384, 8, 768, 12, 8)
