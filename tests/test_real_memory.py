@@ -1,8 +1,7 @@
 """The memory on a real category where it used to collapse: MVTec 3D-AD tire (RGB).
 
 With the paper's loss (``loss.lambda_mem=0``, no restarts) a few items take nearly all of the addressing mass a few
-epochs after the memory starts (epoch 14 of 50: 2.5 % of the items in use at the end), and the run warns about it at
-that validation, as ``experiment=cpu_real`` does today. The codebook + commitment loss with dead-item restarts keeps
+epochs after the memory starts (epoch 14 of 50), and the run warns about it at that validation, as ``experiment=cpu_real`` does today. The codebook + commitment loss with dead-item restarts keeps
 half of the items in use and the read-out close to the features it replaces (docs/results.md); the preset does
 not use it, because on bottle it costs 9 PRO points. The 150-epoch preset schedule is shortened to 50 epochs in
 bf16; at 30 epochs the paper's loss had not collapsed yet (37.5 % in use) although its read-out already lost more
@@ -32,8 +31,11 @@ def tire_run(tmp_path, tire_root, name: str, *overrides: str) -> tuple[dict, str
 
 def test_the_paper_loss_collapses_the_tire_memory_and_the_memory_loss_does_not(tmp_path, tire_root):
     paper, paper_log = tire_run(tmp_path, tire_root, "paper_memory", *PAPER_MEMORY)
-    assert "memory collapsed at epoch" in paper_log
-    assert paper["memory"]["collapsed"] and paper["memory"]["used_fraction"] < COLLAPSED_BELOW, paper["memory"]
+    assert "memory collapsed at epoch" in paper_log  # a validation saw it and warned, when it happened
+    # at the end a few items still carry the mass and the read-out fails; how many items stay just above
+    # 0.1/N of it is a matter of threads (2.5 % of them on one thread, exactly 10 % on two)
+    assert paper["memory"]["used_fraction"] <= COLLAPSED_BELOW and paper["memory"]["mean_active_items"] < 20
+    assert paper["memory"]["feature_relative_error"] > 1.0, paper["memory"]
 
     tied, tied_log = tire_run(tmp_path, tire_root, "memory_loss", *MEMORY_LOSS)
     memory = tied["memory"]
