@@ -1,9 +1,10 @@
 """The memory on a real category where it used to collapse: MVTec 3D-AD tire (RGB).
 
-With the paper's loss (``loss.lambda_mem=0``, no restarts) a few items take nearly all of the addressing mass a few
-epochs after the memory starts (epoch 14 of 50), and the run warns about it at that validation, as ``experiment=cpu_real`` does today. The codebook + commitment loss with dead-item restarts keeps
-half of the items in use and the read-out close to the features it replaces (docs/results.md); the preset does
-not use it, because on bottle it costs 9 PRO points. The 150-epoch preset schedule is shortened to 50 epochs in
+With the paper's loss (``loss.lambda_mem=0``, no restarts; ``experiment=cpu_real`` today) a few items take nearly
+all of the addressing mass a few epochs after the memory starts (epoch 14 of 50), and the run warns about it at that
+validation. The codebook + commitment loss with dead-item restarts keeps half of the items in use and the read-out
+close to the features it replaces (docs/results.md); the preset does not use it, because on bottle it costs 9 PRO
+points. The 150-epoch preset schedule is shortened to 50 epochs in
 bf16; at 30 epochs the paper's loss had not collapsed yet (37.5 % in use) although its read-out already lost more
 than all of the features' energy (1.54). Slow (two runs, about 15 minutes each alone on 2 cores) and needs
 ../shared/data.
