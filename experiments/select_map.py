@@ -30,19 +30,25 @@ from vitmemad.build import build_datamodule  # noqa: E402
 from vitmemad.data.labelled_split import stratified_split  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
-from vitmemad.models.anomaly_map import SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps  # noqa: E402
+from vitmemad.models.anomaly_map import (  # noqa: E402
+    REFERENCES, SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps)
 from vitmemad.models.module import AnomalyModule  # noqa: E402
 from vitmemad.trainer_precision import PRECISIONS, is_bf16  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 
 
-def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
-    """The chosen part of the test set (a list of dataset items), from the checkpoint's own data config."""
+def run_datamodule(cfg: dict, stage: str):
+    """The checkpoint's own data module, set up for ``stage``, without a labelled split of the test set."""
     data_cfg = {k: v for k, v in cfg["data"].items() if k not in ("labelled_val_fraction", "labelled_val_seed")}
     datamodule = build_datamodule(data_cfg)
-    datamodule.setup("test")
-    dataset = datamodule.test_dataset
+    datamodule.setup(stage)
+    return datamodule
+
+
+def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
+    """The chosen part of the test set (a list of dataset items), from the checkpoint's own data config."""
+    dataset = run_datamodule(cfg, "test").test_dataset
     if part == "all":
         return [dataset[i] for i in range(len(dataset))]
     val_idx, test_idx = stratified_split(dataset.samples, fraction, split_seed)
@@ -68,10 +74,8 @@ def raw_errors(module: AnomalyModule, items: list, ssim_window: int,
 def normal_validation_items(cfg: dict) -> list:
     """The run's held-out normal validation images (``data.val_fraction`` of train): where its reference map
     and thresholds come from."""
-    data_cfg = {k: v for k, v in cfg["data"].items() if k not in ("labelled_val_fraction", "labelled_val_seed")}
-    datamodule = build_datamodule(data_cfg)
-    datamodule.setup("fit")
-    return [datamodule.val_dataset[i] for i in range(len(datamodule.val_dataset))]
+    dataset = run_datamodule(cfg, "fit").val_dataset
+    return [dataset[i] for i in range(len(dataset))]
 
 
 def smoothed(errors: dict, i: int, source: str, smoother: AnomalyMapGenerator) -> torch.Tensor:
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="the forward pass's precision (default: the run's trainer.precision)")
-    parser.add_argument("--reference", choices=["none", "normal_mean"],
+    parser.add_argument("--reference", choices=REFERENCES,
                         help="subtract the normal validation images' mean map (default: the run's anomaly_map.reference)")
     args = parser.parse_args(argv)
     rows = []

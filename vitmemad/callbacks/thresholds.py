@@ -39,7 +39,7 @@ class ThresholdCalibration(L.Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._maps.append(pl_module.anomaly_map.add_reference(outputs["maps"].float()).cpu())  # the raw maps
+        self._maps.append(pl_module.anomaly_map.add_reference(outputs["maps"].float()))  # the raw maps
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._maps:
@@ -47,15 +47,14 @@ class ThresholdCalibration(L.Callback):
         generator = pl_module.anomaly_map
         batches, self._maps = self._maps, []
         if generator.has_reference:
-            device = generator.normal_mean.device
-            raw_sum = torch.stack([b.double().sum(0) for b in batches]).sum(0).to(device)
+            raw_sum = torch.stack([b.double().sum(0) for b in batches]).sum(0)
             total = pl_module.all_gather(raw_sum).reshape(-1, *raw_sum.shape).sum(0)
-            count = pl_module.all_gather(torch.tensor(float(sum(len(b) for b in batches)), device=device)).sum()
+            count = pl_module.all_gather(raw_sum.new_tensor(float(sum(len(b) for b in batches)))).sum()
             generator.set_reference((total / count).float())
-            batches = [generator.subtract_reference(b.to(device)).cpu() for b in batches]
+            batches = [generator.subtract_reference(b) for b in batches]
         image = torch.cat([b.flatten(1).amax(1) for b in batches])
         pixel = torch.cat([subsample(b.flatten(), MAX_PIXELS_PER_BATCH) for b in batches])
-        image_scores = pl_module.all_gather(image.to(pl_module.device)).flatten().float()
-        pixel_scores = pl_module.all_gather(pixel.to(pl_module.device)).flatten().float()
+        image_scores = pl_module.all_gather(image).flatten().float()
+        pixel_scores = pl_module.all_gather(pixel).flatten().float()
         pl_module.image_threshold.fill_(torch.quantile(image_scores, self.image_quantile).item())
         pl_module.pixel_threshold.fill_(torch.quantile(pixel_scores, self.pixel_quantile).item())

@@ -79,7 +79,8 @@ class ReconstructionLoss(nn.Module):
         else:
             terms = self(x, out["reconstruction"], out.get("memory_weights"))
         if out.get("memory_queries") is not None and out.get("memory_readout") is not None:
-            mem = memory_feature_loss(out["memory_queries"], out["memory_readout"], self.mem_commitment)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_mem > 0):  # logged only at 0
+                mem = memory_feature_loss(out["memory_queries"], out["memory_readout"], self.mem_commitment)
             terms["memory"] = mem
             if self.lambda_mem > 0:
                 terms["loss"] = terms["loss"] + self.lambda_mem * mem

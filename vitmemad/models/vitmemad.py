@@ -47,11 +47,11 @@ class ViTMemAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         features = self.encoder(x)
-        weights = queries = None
+        weights = queries = readout = None
         if self.memory is not None and not self.bypass_memory:
             queries = features
             features, weights = self.memory(queries)
-        readout = features if weights is not None else None
+            readout = features
         out = {"memory_weights": weights, "memory_queries": queries, "memory_readout": readout}
         if self.coord_attention is not None:
             features = self.coord_attention(features)
