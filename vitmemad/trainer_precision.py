@@ -26,11 +26,16 @@ def is_bf16(precision: Any) -> bool:
     return str(precision).startswith("bf16")
 
 
-def cpu_bf16_supported() -> bool:
-    """True when this CPU computes bf16 matmuls natively."""
+def cpu_bf16_features() -> list[str]:
+    """Those of BF16_FEATURES this CPU has, by ``torch.cpu.get_capabilities()`` ([] where torch cannot say)."""
     get = getattr(torch.cpu, "get_capabilities", None)
     capabilities = get() if get is not None else {}
-    return any(bool(capabilities.get(feature)) for feature in BF16_FEATURES)
+    return [feature for feature in BF16_FEATURES if capabilities.get(feature)]
+
+
+def cpu_bf16_supported() -> bool:
+    """True when this CPU computes bf16 matmuls natively."""
+    return bool(cpu_bf16_features())
 
 
 def runs_on_cpu(accelerator: Any) -> bool:

@@ -13,8 +13,6 @@ from typing import Any, Callable
 import torch
 
 MATMUL_N = 2048
-#: the precisions the bench times; bf16 is torch.autocast("cpu", dtype=torch.bfloat16), as Lightning's bf16-mixed
-PRECISIONS = ("fp32", "bf16")
 
 
 # ------------------------------------------------------------------ FLOPs

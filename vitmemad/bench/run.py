@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import torch
 
+from vitmemad.trainer_precision import cpu_bf16_features
+
 from .measure import MATMUL_N, contention_probe, matmul_rates
 from .preset import run_child
 from .report import bf16_summary, targets
@@ -62,7 +64,7 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
         "machine": {"threads": threads, "threads_choice": choice, "cpus": os.cpu_count(),
                     "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "timm": timm.__version__, "load_average_start": os.getloadavg(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_flags": _cpu_flags()},
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_flags": cpu_bf16_features()},
         "quick": quick, "tiny": tiny,
         "contention_probe": {"start": probe},
     }
@@ -107,13 +109,3 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
     results["seconds"] = time.perf_counter() - start
     results["targets"] = targets(results)
     return results
-
-
-def _cpu_flags() -> list[str]:
-    """The CPU's bf16 instruction sets (avx512_bf16, amx_bf16), from /proc/cpuinfo; [] where unknown."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if "bf16" in f)
