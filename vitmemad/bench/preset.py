@@ -31,6 +31,11 @@ def memory_figures(full: Variant) -> dict[str, Any]:
     return mem
 
 
+#: fp32 figures of ``precision_figures`` that a preset's results also carry at the top level
+FP32_TOP_LEVEL = ("train_images_per_s", "infer_images_per_s", "forward_images_per_s", "forward_gflops_per_s",
+                  "train_gflops_per_s")
+
+
 def precision_figures(out: dict[str, Any], train: dict[str, float], fwd: dict[str, float],
                       infer: dict[str, float]) -> dict[str, Any]:
     """fp32 and bf16 (autocast) times and rates of the +M+CA model, from the same interleaved rounds. The
@@ -98,16 +103,13 @@ def preset_figures(model: str, batch: int, rounds: int, threads: int, compile_mo
     out["train_step_s"] = {k: v for k, v in train.items() if k not in mm}
     out["forward_s"] = {k: v for k, v in fwd.items() if k not in mm}
     out["infer_s"] = infer
-    out["train_images_per_s"] = batch / train["m_ca"]
-    out["infer_images_per_s"] = batch / infer["m_ca"]
-    out["forward_images_per_s"] = batch / fwd["m_ca"]
     out["base_train_images_per_s"] = batch / train["base"]
-    out["forward_gflops_per_s"] = out["forward_gflop"] / fwd["m_ca"]
-    out["train_gflops_per_s"] = out["train_step_gflop"] / train["m_ca"]
     out["m_ca_over_base_train_step"] = train["m_ca"] / train["base"]
     out["m_ca_over_base_forward"] = fwd["m_ca"] / fwd["base"]
     out["m_ca_over_base_infer"] = infer["m_ca"] / infer["base"]
     out["precision"] = precision_figures(out, train, fwd, infer)
+    for key in FP32_TOP_LEVEL:  # the fp32 figures under their first names too (results.json readers use them)
+        out[key] = out["precision"]["fp32"][key]
     out["channels_last"] = {"train_step_ratio": train["m_ca"] / train["m_ca_nchw_decoder"],
                             "forward_ratio": fwd["m_ca"] / fwd["m_ca_nchw_decoder"],
                             "bf16_train_step_ratio": train["m_ca_bf16"] / train["m_ca_nchw_decoder_bf16"],
