@@ -60,10 +60,7 @@ def validation_half(record: dict) -> dict[str, float]:
 
     module = load_module(record["ckpt_path"])
     cfg = module.run_config
-    items = select_map.test_part(cfg, "val", 0.5, 0)
-    precision = cfg["trainer"]["precision"]
-    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window, precision)
-    reference = select_map.reference_errors(module, cfg, precision)
+    items, errors, reference = select_map.checkpoint_errors(module, "val")
     return select_map.score_setting(errors, items, cfg["anomaly_map"]["source"], float(cfg["anomaly_map"]["sigma"]),
                                     reference)
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         module = load_module(path)
         cfg = module.run_config
         items = select_map.test_part(cfg, args.part, 0.5, 0)
-        precision = cfg.get("trainer", {}).get("precision", "32-true")
+        precision = select_map.run_precision(cfg)
         if args.readout:
             if getattr(module.net, "memory", None) is None:
                 parser.error(f"{path}: the model has no memory module")

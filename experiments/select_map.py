@@ -116,6 +116,22 @@ def reference_errors(module: AnomalyModule, cfg: dict, precision: str, reference
     return raw_errors(module, items, module.anomaly_map.ssim_window, precision)
 
 
+def run_precision(cfg: dict) -> str:
+    """The precision the run trained in (its forward pass's, unless told otherwise)."""
+    return cfg.get("trainer", {}).get("precision", "32-true")
+
+
+def checkpoint_errors(module: AnomalyModule, part: str, fraction: float = 0.5, split_seed: int = 0,
+                      precision: str | None = None, reference: str | None = None) -> tuple[list, dict, dict | None]:
+    """A loaded checkpoint's test-part items, their raw errors and its reference errors (None without a
+    reference map), in the run's precision unless ``precision`` says otherwise."""
+    cfg = module.run_config
+    items = test_part(cfg, part, fraction, split_seed)
+    precision = precision or run_precision(cfg)
+    errors = raw_errors(module, items, module.anomaly_map.ssim_window, precision)
+    return items, errors, reference_errors(module, cfg, precision, reference)
+
+
 def best_by_mean_rank(rows: list[dict]) -> dict:
     """The row with the best (lowest) mean rank over the three metrics; ties go to the first listed."""
     ranks = [0.0] * len(rows)
@@ -143,13 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in args.ckpts:
         module = load_module(path)
-        cfg = module.run_config
         if not hasattr(module.net, "decoder"):
             parser.error(f"{path}: not a reconstruction model (its anomaly map has no source to choose)")
-        items = test_part(cfg, args.part, args.fraction, args.split_seed)
-        precision = args.precision or cfg.get("trainer", {}).get("precision", "32-true")
-        errors = raw_errors(module, items, module.anomaly_map.ssim_window, precision)
-        reference = reference_errors(module, cfg, precision, args.reference)
+        items, errors, reference = checkpoint_errors(module, args.part, args.fraction, args.split_seed,
+                                                     args.precision, args.reference)
         ckpt_rows = []
         for source in args.sources:
             for sigma in args.sigmas:

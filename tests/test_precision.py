@@ -110,3 +110,34 @@ def test_cpu_attention_is_timms_without_autocast_and_float32_inside_it():
         mixed = ours(x)
     assert mixed.dtype == BF16  # the output projection still runs in bf16
     torch.testing.assert_close(mixed.float(), reference(x), rtol=0.05, atol=0.02)
+
+
+def test_cpu_attention_under_autocast_is_timms_forward_with_float32_attention(monkeypatch):
+    """The autocast path re-states timm's forward; it must stay timm's, bit for bit, but for the one op it moves
+    to float32 (checked forward and backward, so a timm change to that forward shows up here)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+    from timm.layers import attention as timm_attention
+    from timm.layers.attention import Attention
+
+    from vitmemad.models.encoder import CPUFloat32Attention
+    from vitmemad.models.precision import float32_region
+
+    def float32_attention(q, k, v, **kwargs):
+        with float32_region(q, k, v) as (q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    torch.manual_seed(0)
+    reference, ours = Attention(64, num_heads=4, qkv_bias=True), CPUFloat32Attention(64, num_heads=4, qkv_bias=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 17, 64)
+    with torch.autocast("cpu", dtype=BF16):
+        mixed = ours(x)
+        monkeypatch.setattr(timm_attention, "F", SimpleNamespace(scaled_dot_product_attention=float32_attention))
+        expected = reference(x)
+    torch.testing.assert_close(mixed, expected, rtol=0, atol=0)
+    mixed.float().square().sum().backward()
+    expected.float().square().sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)

@@ -16,10 +16,10 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     old field, and bf16 of the bf16 peak), +M+CA's cost, exact PRO's speed-up, the loader's margin."""
     paper = r.get("vitmemad_paper", {})
     prec = paper.get("precision", {})
+    fp32_forward = _check(prec.get("fp32", {}).get("forward_fraction_of_peak"), ">=", 0.6)
     out = {
-        "paper_forward_fraction_of_matmul": _check(paper.get("forward_fraction_of_matmul"), ">=", 0.6),
-        "paper_forward_fp32_fraction_of_fp32_matmul": _check(
-            prec.get("fp32", {}).get("forward_fraction_of_peak"), ">=", 0.6),
+        "paper_forward_fraction_of_matmul": fp32_forward,  # the first name of the fp32 target, kept for scripts
+        "paper_forward_fp32_fraction_of_fp32_matmul": fp32_forward,
         "paper_forward_bf16_fraction_of_bf16_matmul": _check(
             prec.get("bf16", {}).get("forward_fraction_of_peak"), ">=", 0.6),
         "paper_m_ca_over_base_train_step": _check(paper.get("m_ca_over_base_train_step"), "<=", 1.10),

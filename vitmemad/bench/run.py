@@ -19,16 +19,16 @@ from .variants import PRESETS
 #: the preset whose bf16 training step is profiled (the model of experiment=cpu_real)
 PROFILED = "vitmemad_real"
 TINY = ("debug=smoke",)
+CORES = os.cpu_count() or 1
 
 
 def choose_threads(threads: int | None) -> tuple[int, str, dict[str, Any]]:
-    cores = os.cpu_count() or 1
-    probe = contention_probe(int(threads or cores))
+    probe = contention_probe(int(threads or CORES))
     if threads:
         return threads, "--threads", probe
     if probe["contended"]:  # n threads slower than one: every figure would measure the other jobs
-        return 1, f"1 of {cores}: the contention probe found {cores} threads slower than one", probe
-    return cores, "one per core", probe
+        return 1, f"1 of {CORES}: the contention probe found {CORES} threads slower than one", probe
+    return CORES, "one per core", probe
 
 
 def add_fractions(results: dict[str, Any], presets: Sequence[str]) -> None:
@@ -61,7 +61,7 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
     torch.set_num_threads(int(threads))
     results: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"threads": threads, "threads_choice": choice, "cpus": os.cpu_count(),
+        "machine": {"threads": threads, "threads_choice": choice, "cpus": CORES,
                     "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "timm": timm.__version__, "load_average_start": os.getloadavg(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_flags": cpu_bf16_features()},
@@ -80,7 +80,7 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
                                     "overrides": list(TINY if tiny else ())})
         results[model]["seconds"] = time.perf_counter() - child_start
         # did other jobs take the cores meanwhile? (then this preset's absolute figures are low, its ratios noisy)
-        results["contention_probe"][f"after_{model}"] = contention_probe(os.cpu_count() or 1)
+        results["contention_probe"][f"after_{model}"] = contention_probe(CORES)
         torch.set_num_threads(int(threads))
         if "matmul_gflops_in_rounds" in results[model]:
             rates.append({"fp32": results[model]["matmul_gflops_in_rounds"],
@@ -104,7 +104,7 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
     add_fractions(results, presets)
     results["bf16"] = bf16_summary(results, presets)
     results["machine"]["load_average_end"] = os.getloadavg()
-    results["contention_probe"]["end"] = contention_probe(os.cpu_count() or 1)
+    results["contention_probe"]["end"] = contention_probe(CORES)
     torch.set_num_threads(int(threads))
     results["seconds"] = time.perf_counter() - start
     results["targets"] = targets(results)

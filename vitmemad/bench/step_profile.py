@@ -12,10 +12,10 @@ import re
 from typing import Any, Iterable
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 from .measure import interleaved_best
-from .variants import Variant, autocast
+from .variants import Variant
 
 CATEGORIES = ("matmul_linear_attention", "conv", "transposed_conv", "layer_norm", "softmax", "batch_norm",
               "loss_ssim", "adam", "dtype_cast", "other")
@@ -43,8 +43,9 @@ def _chain(event: Any) -> Iterable[Any]:
         event = event.cpu_parent
 
 
-def forward_category(event: Any) -> str:
-    names = [e.name for e in _chain(event)]  # innermost first
+def forward_category(chain: list[Any]) -> str:
+    """The category of a forward op, from its chain of enclosing events (innermost first)."""
+    names = [e.name for e in chain]
     if "bench::loss" in names:
         return "loss_ssim"
     if any(n.startswith("Optimizer.") for n in names):
@@ -61,20 +62,20 @@ def forward_category(event: Any) -> str:
 
 def assign(events: list[Any]) -> list[str]:
     """The category of each event, in order."""
-    roots = [list(_chain(e))[-1] for e in events]
+    chains = [list(_chain(e)) for e in events]  # each event's chain, walked once
     by_seq: dict[int, tuple[int, str]] = {}  # sequence number -> (depth, category) of its deepest forward op
-    for e, root in zip(events, roots):
-        if e.sequence_nr >= 0 and not root.name.startswith(BACKWARD_ROOT):
-            depth = len(list(_chain(e)))
-            if depth >= by_seq.get(e.sequence_nr, (-1, ""))[0]:
-                by_seq[e.sequence_nr] = (depth, forward_category(e))
+    for e, chain in zip(events, chains):
+        if e.sequence_nr >= 0 and not chain[-1].name.startswith(BACKWARD_ROOT):
+            if len(chain) >= by_seq.get(e.sequence_nr, (-1, ""))[0]:
+                by_seq[e.sequence_nr] = (len(chain), forward_category(chain))
     cats = []
-    for e, root in zip(events, roots):
+    for chain in chains:
+        root = chain[-1]
         if root.name.startswith(BACKWARD_ROOT):
             node = root.name[len(BACKWARD_ROOT):]
             cats.append(BACKWARD.get(node) or by_seq.get(root.sequence_nr, (0, "other"))[1])
         else:
-            cats.append(forward_category(e))
+            cats.append(forward_category(chain))
     return cats
 
 
@@ -87,17 +88,9 @@ def categorize(events: list[Any]) -> dict[str, float]:
 
 
 def profiled_step(variant: Variant) -> profile:
-    """One training step of ``variant`` under the profiler, the loss inside a ``bench::loss`` scope."""
-    module = variant.module
-    module.train()
+    """One training step of ``variant`` under the profiler (its loss is in a ``bench::loss`` scope)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with autocast(variant.bf16):
-            out = module.net(variant.x)
-            with record_function("bench::loss"):
-                loss = module.loss.terms(variant.x, out)["loss"]
-        variant.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        variant.opt.step()
+        variant.train_step()
     return prof
 
 

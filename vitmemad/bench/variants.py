@@ -2,11 +2,13 @@
 and the variants it is compared with (Base, an NCHW-fed decoder, torch.compile)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+from torch.profiler import record_function
 
 from .measure import interleaved_best
 
@@ -34,8 +36,11 @@ def preset_module(model: str, ablation: str, overrides: Sequence[str] = ()) -> t
 
 
 def loss_terms(module: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The training loss terms of a batch rebuilt from itself (no corruption)."""
-    return module.loss.terms(x, module.net(x))
+    """The training loss terms of a batch rebuilt from itself (no corruption); the loss inside a ``bench::loss``
+    scope, so that the step profile can tell its ops from the model's."""
+    out = module.net(x)
+    with record_function("bench::loss"):
+        return module.loss.terms(x, out)
 
 
 def autocast(bf16: bool) -> torch.autocast:
@@ -72,20 +77,24 @@ class Variant:
         self.opt.step()
         self.last_loss = float(terms["loss"].detach())
 
-    def forward(self) -> None:
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[torch.nn.Module]:
+        """The module in eval mode, under inference mode and this variant's autocast."""
         self.module.eval()
         with torch.inference_mode(), autocast(self.bf16):
-            self.module.net(self.x)
+            yield self.module
+
+    def forward(self) -> None:
+        with self.evaluating() as module:
+            module.net(self.x)
 
     def reconstruction(self) -> torch.Tensor:
-        self.module.eval()
-        with torch.inference_mode(), autocast(self.bf16):
-            return self.module.net(self.x)["reconstruction"].float()
+        with self.evaluating() as module:
+            return module.net(self.x)["reconstruction"].float()
 
     def infer(self) -> None:
-        self.module.eval()
-        with torch.inference_mode(), autocast(self.bf16):
-            self.module.score(self.x)
+        with self.evaluating() as module:
+            module.score(self.x)
 
 
 def fused_attention_report(model: torch.nn.Module) -> dict[str, Any]:
