@@ -12,13 +12,14 @@ from .decoder import TransposedConvDecoder
 from .encoder import ViTEncoder
 from .feature_ae import FeatureMemAE
 from .loss import ReconstructionLoss
+from .mean_image import MeanImage
 from .memory import MemoryModule
 from .patchcore import PatchCore
 from .vitmemad import ViTMemAE
 
 #: the LightningModules, imported on first use: the nn.Modules above need neither Lightning nor the metrics
-_LIGHTNING = {"AnomalyModule": ".module", "PatchCoreModule": ".patchcore_module",
-              "ReconstructionModule": ".reconstruction_module"}
+_LIGHTNING = {"AnomalyModule": ".module", "CollectingModule": ".collecting_module",
+              "PatchCoreModule": ".patchcore_module", "ReconstructionModule": ".reconstruction_module"}
 
 
 def __getattr__(name: str):
@@ -29,7 +30,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "AnomalyMapGenerator", "AnomalyModule", "ConvAutoencoder", "CoordinateAttention", "FeatureMemAE", "MemoryModule",
+    "AnomalyMapGenerator", "AnomalyModule", "CollectingModule", "ConvAutoencoder", "CoordinateAttention",
+    "FeatureMemAE", "MeanImage", "MemoryModule",
     "PatchCore", "PatchCoreModule", "PatchSwap", "ReconstructionLoss", "ReconstructionModule",
     "TransposedConvDecoder", "ViTEncoder", "ViTMemAE",
 ]

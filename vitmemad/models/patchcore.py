@@ -9,8 +9,8 @@
   stride 8; ``AnomalyModule`` upsamples and smooths it); the image score is the map's maximum.
 
 There is no gradient training. ``collect`` stores the patch features of a training batch and
-``build_bank`` turns them into the bank, a buffer saved in checkpoints (its row count depends on the
-data, so loading resizes it to the checkpoint's).
+``build_bank`` (``fit_collected`` for ``CollectingModule``) turns them into the bank, a buffer saved in
+checkpoints (its row count depends on the data, so loading resizes it to the checkpoint's).
 """
 from __future__ import annotations
 
@@ -162,6 +162,9 @@ class PatchCore(nn.Module):
         self.memory_bank = bank.to(device=self.memory_bank.device, dtype=self.memory_bank.dtype).contiguous()
         log.info("PatchCore memory bank: %d of %d patch features (%.2f %%)", bank.shape[0], n, 100 * bank.shape[0] / n)
         return {"patches": n, "bank": int(bank.shape[0])}
+
+    def fit_collected(self, features: torch.Tensor) -> dict[str, Any]:
+        return self.build_bank(features)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         key = prefix + "memory_bank"

@@ -26,7 +26,7 @@ STYLE: dict[str, Any] = {
 #: Okabe-Ito colours; the known variants always get the same one, others take the rest in turn.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 VARIANT_COLOURS = {"base": "#000000", "m": "#0072B2", "ca": "#E69F00", "m_ca": "#009E73",
-                   "cae": "#D55E00", "patchcore": "#CC79A7"}
+                   "cae": "#D55E00", "patchcore": "#CC79A7", "mean_image": "#999999"}
 LINE_STYLES = ("-", "--", "-.", ":")
 PAPER_HATCH = "///"
 METRIC_LABELS = {"image_AUROC": "I-AUROC", "pixel_AUROC": "P-AUROC", "PRO": "PRO"}

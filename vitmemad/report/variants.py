@@ -10,8 +10,8 @@ from vitmemad.paper import ABLATION_LABELS, ABLATIONS, PAPER_BTAD_ORDER, PAPER_M
 
 from .style import LINE_STYLES, colours
 
-MODEL_LABELS = {"cae": "CAE", "patchcore": "PatchCore", "vitmemad_feat": "ViT features"}
-MODEL_ORDER = ("cae", "patchcore")
+MODEL_LABELS = {"cae": "CAE", "patchcore": "PatchCore", "vitmemad_feat": "ViT features", "mean_image": "Mean image"}
+MODEL_ORDER = ("cae", "patchcore", "mean_image")
 PAPER_ORDER = {"mvtec": PAPER_MVTEC_ORDER, "btad": PAPER_BTAD_ORDER}
 
 Key = tuple[str, "str | None"]
@@ -29,7 +29,8 @@ def _rank(key: Key) -> tuple:
 
 
 def by_variant(runs: Iterable[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:
-    """The runs of each variant, variants in order: ablations (Base ... + M + CA), then CAE, PatchCore, others."""
+    """The runs of each variant, variants in order: ablations (Base ... + M + CA), then CAE, PatchCore, the mean
+    image (the floor), others."""
     groups: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         groups[variant_key(r)].append(r)
