@@ -64,6 +64,10 @@ def test_a_mean_image_run_fits_in_one_epoch_and_scores_every_image_against_the_m
         (run_dir / "train.log").read_text()
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):
         assert 0.0 <= metrics[key] <= 1.0
+    # over the 6 normal test images one image is drawn for all of them: no spread, and no better than their mean
+    fit = metrics["reconstruction"]
+    assert fit["num_images"] == 6 and fit["image_share"] == pytest.approx(0.0, abs=1e-9) and fit["r2"] <= 0
+    assert "the reconstruction is no better than the mean image" not in (run_dir / "train.log").read_text()
     # the mean of exactly the training images (24 crops less the 10 % validation hold-out), not of a batch
     from vitmemad.build import build_datamodule
 

@@ -38,6 +38,32 @@ def test_a_memory_whose_mass_sits_on_a_few_items_is_reported_collapsed():
         assert min(u for u in stats["usage"] if u > 0) >= USED_SHARE / n
 
 
+def test_the_image_share_of_the_readout_sees_a_readout_that_is_the_same_for_every_image():
+    """Every item in use and the read-out close to the features, yet one read-out for all images: the failure of
+    the codebook loss on tire, where the encoder's features stopped depending on the image."""
+    torch.manual_seed(0)
+    n, images = 16, 12
+    weights = torch.full((images, 9, n), 1.0 / n)  # blended over every item: usage says healthy
+    per_position = torch.randn(1, 8, 3, 3)  # what the features share at each position, across images
+    features = per_position + 0.01 * torch.randn(images, 8, 3, 3)
+    stuck = MemoryUsage(n)
+    for part in (slice(0, 5), slice(5, None)):  # over two batches, as validation sees them
+        stuck.update(weights[part], features[part], per_position.expand(len(features[part]), -1, -1, -1))
+    stats = stuck.compute()
+    assert not stats["collapsed"] and stats["feature_relative_error"] < 0.001
+    assert abs(stats["readout_image_share"]) < 1e-12
+    assert 0 < stats["feature_image_share"] < 0.001  # the features barely vary either
+
+    # a read-out that follows the image: its share is the exact between-image variance over the mean square
+    readout = torch.randn(images, 8, 3, 3, dtype=torch.float64)
+    follows = MemoryUsage(n)
+    follows.update(weights, readout, readout)
+    stats = follows.compute()
+    expected = float(readout.var(0, unbiased=False).sum() / readout.pow(2).mean(0).sum())
+    assert abs(stats["readout_image_share"] - expected) < 1e-12 and stats["readout_image_share"] > 0.8
+    assert stats["feature_image_share"] == stats["readout_image_share"] and stats["feature_relative_error"] == 0
+
+
 def test_memory_feature_loss_is_zero_for_a_perfect_readout_and_scale_free():
     z = torch.randn(2, 16, 8)
     assert memory_feature_loss(z, z.clone(), 0.25).item() == 0.0

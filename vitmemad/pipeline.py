@@ -90,6 +90,7 @@ def metrics_record(
         "num_test_images": results.get("num_test_images"),
         "labelled_val_fraction": data_cfg.get("labelled_val_fraction"),
         "memory": results.get("memory"),
+        "reconstruction": results.get("reconstruction"),
         "image_size": data_cfg.get("image_size"),
         "anomaly_map": {k: v for k, v in (cfg.get("anomaly_map") or {}).items() if k != "_target_"},
         "pro_fpr_limit": cfg.get("metrics", {}).get("pro_fpr_limit", 0.3),

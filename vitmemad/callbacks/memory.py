@@ -104,7 +104,7 @@ class MemoryDiagnostics(L.Callback):
         stats = self._stop()
         if stats is None or trainer.sanity_checking:
             return
-        for key in ("used_fraction", "mean_active_items", "feature_relative_error"):
+        for key in ("used_fraction", "mean_active_items", "feature_relative_error", "readout_image_share"):
             if stats.get(key) is not None:
                 pl_module.log(f"val/memory/{key}", float(stats[key]), on_epoch=True, rank_zero_only=True)
         if stats["collapsed"] and not self._warned:

@@ -17,7 +17,14 @@ and overall:
   true when that is below 10 % (a few items take nearly all the mass: rich-get-richer addressing);
 - ``feature_relative_error``: ||z_hat - z||^2 / ||z||^2 over all queries, how much of the encoder's feature
   map the memory's output loses (0 = passes it unchanged). Blended, nearly uniform addressing shows up here
-  as a large loss even when every item is in use.
+  as a large loss even when every item is in use;
+- ``readout_image_share`` (and ``feature_image_share`` for the encoder's features): the share of the read-out's
+  energy that differs between images at the same position and channel, sum Var_images / sum E_images[x^2]. Near 0,
+  the decoder gets nearly the same input for every image. A read-out can keep its items in use and match the
+  features (a low ``feature_relative_error``) and still carry little of the image, when the encoder's features
+  themselves stopped depending on it. Whether the decoder still draws each image is the reconstruction's own
+  diagnostic (``metrics.json`` ``reconstruction``, ``vitmemad.models.recon_stats``): a decoder can amplify small
+  differences.
 """
 from __future__ import annotations
 
@@ -47,34 +54,53 @@ class MemoryUsage:
         self.weight_sum = torch.zeros(n, dtype=torch.float64)
         self.nonzero = torch.zeros(n, dtype=torch.float64)
         self.top1 = torch.zeros(n, dtype=torch.float64)
-        self.totals = torch.zeros(5, dtype=torch.float64)  # queries, entropy, active items, |z_hat - z|^2, |z|^2
+        # queries, entropy, active items, |z_hat - z|^2, |z|^2, |z_hat|^2, images
+        self.totals = torch.zeros(7, dtype=torch.float64)
+        self.image_sums: torch.Tensor | None = None  # (2, elements of one image): sum over images of z, of z_hat
 
     def update(self, weights: torch.Tensor, queries: torch.Tensor | None = None,
                output: torch.Tensor | None = None) -> None:
+        """``weights`` (B, Q, N); ``queries`` and ``output``: the features and read-out, image first (B, ...)."""
         w = weights.detach().float().reshape(-1, self.num_items)
-        lost = kept = 0.0
+        lost = kept = read = images = 0.0
         if queries is not None and output is not None:
-            lost = float((output.detach().double() - queries.detach().double()).pow(2).sum())
-            kept = float(queries.detach().double().pow(2).sum())
+            z, z_hat = queries.detach().double(), output.detach().double()
+            lost, kept, read = float((z_hat - z).pow(2).sum()), float(z.pow(2).sum()), float(z_hat.pow(2).sum())
+            images = float(z.shape[0])
+            sums = torch.stack([z.reshape(z.shape[0], -1).sum(0), z_hat.reshape(z.shape[0], -1).sum(0)]).cpu()
+            self.image_sums = sums if self.image_sums is None else self.image_sums + sums
         self.weight_sum += w.sum(0).double().cpu()
         active = w > 0
         self.nonzero += active.sum(0).double().cpu()
         self.top1 += torch.bincount(w.argmax(-1), minlength=self.num_items).double().cpu()
         entropy = -(w * torch.log(w + self.eps)).sum(-1)
         self.totals += torch.tensor(
-            [w.shape[0], float(entropy.double().sum()), float(active.sum()), lost, kept], dtype=torch.float64
+            [w.shape[0], float(entropy.double().sum()), float(active.sum()), lost, kept, read, images],
+            dtype=torch.float64,
         )
 
     def _sync(self) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            packed = torch.cat([self.weight_sum, self.nonzero, self.top1, self.totals])
+            sums = self.image_sums.flatten() if self.image_sums is not None else torch.zeros(0, dtype=torch.float64)
+            packed = torch.cat([self.weight_sum, self.nonzero, self.top1, self.totals, sums])
             if dist.get_backend() == "nccl":
                 packed = packed.cuda()
             dist.all_reduce(packed)
             packed = packed.cpu()
-            n = self.num_items
+            n, t = self.num_items, len(self.totals)
             self.weight_sum, self.nonzero = packed[:n], packed[n : 2 * n]
-            self.top1, self.totals = packed[2 * n : 3 * n], packed[3 * n :]
+            self.top1, self.totals = packed[2 * n : 3 * n], packed[3 * n : 3 * n + t]
+            if self.image_sums is not None:
+                self.image_sums = packed[3 * n + t :].reshape(self.image_sums.shape)
+
+    def image_shares(self) -> tuple[float | None, float | None]:
+        """(features, read-out): sum over elements of the variance between images / of the mean square."""
+        images, energies = float(self.totals[6]), (float(self.totals[4]), float(self.totals[5]))
+        if self.image_sums is None or images < 2:
+            return None, None
+        between = [1.0 - float(s.pow(2).sum()) / images / e if e > 0 else None
+                   for s, e in zip(self.image_sums, energies)]
+        return between[0], between[1]
 
     def compute(self) -> dict[str, Any] | None:
         self._sync()
@@ -83,6 +109,7 @@ class MemoryUsage:
             return None
         usage = self.weight_sum / queries
         used_fraction = float((usage >= USED_SHARE / self.num_items).double().mean())
+        feature_share, readout_share = self.image_shares()
         return {
             "num_items": self.num_items,
             "used_fraction": used_fraction,
@@ -94,6 +121,8 @@ class MemoryUsage:
             "never_top1_fraction": float((self.top1 == 0).double().mean()),
             "mean_active_items": float(self.totals[2]) / queries,
             "feature_relative_error": float(self.totals[3] / self.totals[4]) if self.totals[4] > 0 else None,
+            "feature_image_share": feature_share,
+            "readout_image_share": readout_share,
             "usage": [round(float(v), 8) for v in usage],
             "top1_usage": [round(float(v), 8) for v in self.top1 / queries],
         }

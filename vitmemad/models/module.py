@@ -6,6 +6,7 @@ example grids, memory diagnostics, labelled validation) lives in ``vitmemad.call
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,9 @@ from torch import nn
 from vitmemad.evaluation import TestEvaluator
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps
+from .recon_stats import ReconstructionFit
+
+log = logging.getLogger(__name__)
 
 
 class AnomalyModule(L.LightningModule):
@@ -27,6 +31,8 @@ class AnomalyModule(L.LightningModule):
         self.register_buffer("image_threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
         self.test_results: dict[str, Any] = {}
+        # does the reconstruction follow its image (recon_stats)? on normal validation and normal test images
+        self.val_fit, self.test_fit = ReconstructionFit(), ReconstructionFit()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
         return self.net(images)
@@ -58,23 +64,42 @@ class AnomalyModule(L.LightningModule):
         recon = terms["l2"] + terms.get("ssim", 0.0)
         self.log("val/recon_unweighted", recon, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
+        if out.get("reconstruction") is not None:
+            self.val_fit.update(images, out["reconstruction"])
         return {"maps": maps.detach()}
+
+    def on_validation_epoch_end(self) -> None:
+        fit = self.val_fit.compute()
+        self.val_fit.reset()
+        if fit is not None:
+            self.log("val/recon_r2", fit["r2"], rank_zero_only=True)
 
     # ---------------------------------------------------------------- testing
     def on_test_epoch_start(self) -> None:
         if hasattr(self.net, "bypass_memory"):
             self.net.bypass_memory = False  # scoring always uses the memory
         self.test_results = {}
+        self.test_fit.reset()
         datamodule = getattr(self.trainer, "datamodule", None)
         self.evaluator.reset(has_masks=bool(getattr(datamodule, "has_masks", True)))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         maps, recon = self.score(batch["image"])
         scores = self.evaluator.update(maps, batch)
+        if recon is not None:
+            normal = torch.as_tensor(batch["label"], device=recon.device) == 0
+            self.test_fit.update(batch["image"][normal], recon[normal])
         return {"maps": maps, "reconstruction": recon, "scores": scores}
 
     def on_test_epoch_end(self) -> None:
         self.test_results.update(self.evaluator.compute(float(self.image_threshold)))
+        fit = self.test_results["reconstruction"] = self.test_fit.compute()
+        trained = any(p.requires_grad for p in self.net.parameters())  # not the mean-image floor itself
+        if fit is not None and fit["r2"] <= 0 and trained:
+            log.warning("the reconstruction is no better than the mean image: R^2 = %.3f on the %d normal test "
+                        "images (1 = each image rebuilt, 0 = their per-pixel mean drawn for all); the model has not "
+                        "learnt this category's images, and its map is the mean-image floor's (model=mean_image) "
+                        "or worse", fit["r2"], fit["num_images"])
         for key in ("image_AUROC", "pixel_AUROC", "PRO"):
             if self.test_results[key] is not None:
                 self.log(f"test/{key}", self.test_results[key], rank_zero_only=True)
