@@ -1,13 +1,14 @@
-"""The memory on a real category where it used to collapse: MVTec 3D-AD tire (RGB).
+"""The memory on a real category where it fails: MVTec 3D-AD tire (RGB).
 
 With the paper's loss (``loss.lambda_mem=0``, no restarts; ``experiment=cpu_real`` today) a few items take nearly
 all of the addressing mass a few epochs after the memory starts (epoch 14 of 50), and the run warns about it at that
 validation. The codebook + commitment loss with dead-item restarts keeps half of the items in use and the read-out
-close to the features it replaces (docs/results.md); the preset does not use it, because on bottle it costs 9 PRO
-points. The 150-epoch preset schedule is shortened to 50 epochs in
-bf16; at 30 epochs the paper's loss had not collapsed yet (37.5 % in use) although its read-out already lost more
-than all of the features' energy (1.54). Slow (two runs, about 15 minutes each alone on 2 cores) and needs
-../shared/data.
+equal to the features, and is still no remedy: the features stop depending on the image, the decoder draws one
+image for every input, and the run warns that the reconstruction is no better than the mean image
+(docs/results.md, "Does a model beat the mean image?"). Neither arm's read-out carries the image. The 150-epoch
+preset schedule is shortened to 50 epochs in bf16; at 30 epochs the paper's loss had not collapsed yet (37.5 % in
+use) although its read-out already lost more than all of the features' energy (1.54). Slow (two runs, about 15
+minutes each alone on 2 cores) and needs ../shared/data.
 """
 from __future__ import annotations
 
@@ -30,17 +31,22 @@ def tire_run(tmp_path, tire_root, name: str, *overrides: str) -> tuple[dict, str
     return read_metrics(run_dir), (run_dir / "train.log").read_text()
 
 
-def test_the_paper_loss_collapses_the_tire_memory_and_the_memory_loss_does_not(tmp_path, tire_root):
+def test_the_paper_loss_collapses_the_tire_memory_and_the_memory_loss_collapses_the_features(tmp_path, tire_root):
     paper, paper_log = tire_run(tmp_path, tire_root, "paper_memory", *PAPER_MEMORY)
     assert "memory collapsed at epoch" in paper_log  # a validation saw it and warned, when it happened
     # at the end a few items still carry the mass and the read-out fails; how many items stay just above
     # 0.1/N of it is a matter of threads (2.5 % of them on one thread, exactly 10 % on two)
     assert paper["memory"]["used_fraction"] <= COLLAPSED_BELOW and paper["memory"]["mean_active_items"] < 20
     assert paper["memory"]["feature_relative_error"] > 1.0, paper["memory"]
+    assert paper["memory"]["readout_image_share"] < 0.01, paper["memory"]  # about one read-out for every image
 
     tied, tied_log = tire_run(tmp_path, tire_root, "memory_loss", *MEMORY_LOSS)
     memory = tied["memory"]
+    # by the usage and read-out figures the memory is healthy ...
     assert "memory collapsed" not in tied_log
     assert not memory["collapsed"] and memory["used_fraction"] >= COLLAPSED_BELOW, memory
     assert memory["feature_relative_error"] <= 0.5, memory
-    assert tied["pixel_AUROC"] >= paper["pixel_AUROC"] - 0.01  # keeping the memory alive costs no localisation
+    # ... because the features it matches no longer depend on the image: one reconstruction for all of them
+    assert memory["feature_image_share"] < 0.01 and memory["readout_image_share"] < 0.01, memory
+    assert tied["reconstruction"]["r2"] < 0 and tied["reconstruction"]["image_share"] < 0.01, tied["reconstruction"]
+    assert "the reconstruction is no better than the mean image" in tied_log

@@ -51,7 +51,7 @@ class ReconstructionFit:
         n = float(self.totals[0])
         if self.sums is None or n < 2:
             return None
-        spread = [float(self.totals[1 + i]) - float(self.sums[i].pow(2).sum()) / n for i in range(2)]
+        spread = [max(0.0, float(self.totals[1 + i]) - float(self.sums[i].pow(2).sum()) / n) for i in range(2)]
         if spread[0] <= 0:
             return None  # identical images: nothing to explain
         return {"r2": 1.0 - float(self.totals[3]) / spread[0], "image_share": spread[1] / spread[0],
