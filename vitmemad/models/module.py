@@ -97,9 +97,9 @@ class AnomalyModule(L.LightningModule):
         trained = any(p.requires_grad for p in self.net.parameters())  # not the mean-image floor itself
         if fit is not None and fit["r2"] <= 0 and trained:
             log.warning("the reconstruction is no better than the mean image: R^2 = %.3f on the %d normal test "
-                        "images (1 = each image rebuilt, 0 = their per-pixel mean drawn for all); the model has not "
-                        "learnt this category's images, and its map is the mean-image floor's (model=mean_image) "
-                        "or worse", fit["r2"], fit["num_images"])
+                        "images (1 = each image rebuilt, 0 = their per-pixel mean drawn for all): the model has not "
+                        "learnt this category's images; compare its metrics with the floor's (model=mean_image)",
+                        fit["r2"], fit["num_images"])
         for key in ("image_AUROC", "pixel_AUROC", "PRO"):
             if self.test_results[key] is not None:
                 self.log(f"test/{key}", self.test_results[key], rank_zero_only=True)
