@@ -40,6 +40,7 @@ REAL_ARGS = experiment=cpu_real data=mvtec data.root=$(MVTEC_ROOT) data.category
 real-ablation: install
 	$(PY) -m vitmemad.train -m $(REAL_ARGS) ablation=base,m,ca,m_ca hydra.sweep.dir=$(REAL_OUT)/vitmemad
 	$(PY) -m vitmemad.train -m $(REAL_ARGS) model=cae hydra.sweep.dir=$(REAL_OUT)/cae
+	$(PY) -m vitmemad.train -m $(REAL_ARGS) model=mean_image hydra.sweep.dir=$(REAL_OUT)/mean_image
 	$(PY) experiments/report.py $(REAL_OUT)
 
 clean:
