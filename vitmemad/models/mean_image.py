@@ -55,8 +55,9 @@ class MeanImage(nn.Module):
 
     def _check_size(self, images: torch.Tensor) -> None:
         if tuple(images.shape[1:]) != tuple(self.mean_image.shape):
-            raise ValueError(f"MeanImage of size {self.image_size} got images of shape {tuple(images.shape[1:])}; "
-                             f"expected (3, {self.image_size}, {self.image_size}) (model.net.image_size = data.image_size)")
+            size = self.image_size
+            raise ValueError(f"MeanImage of size {size} got images of shape {tuple(images.shape[1:])}; "
+                             f"expected (3, {size}, {size}) (model.net.image_size = data.image_size)")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
         if int(self.images_seen) == 0:
