@@ -96,7 +96,10 @@ class LogProgress(L.Callback):
         """Elapsed time, and the ETA from this run's mean time per epoch (``done`` epochs, fractions allowed)."""
         elapsed = time.monotonic() - self._start
         total, ran = self._total(trainer), done - self._start_epoch
-        eta = duration(elapsed / ran * (total - done)) if total is not None and ran > 0 else "?"
+        if trainer.should_stop:  # early stopping, or a model fitted in one epoch
+            eta = duration(0.0)
+        else:
+            eta = duration(elapsed / ran * (total - done)) if total is not None and ran > 0 else "?"
         return f"elapsed {duration(elapsed)} | ETA {eta}"
 
     def _epoch(self, trainer: L.Trainer, epoch: int) -> str:

@@ -60,13 +60,14 @@ class CollectingModule(AnomalyModule):
             dist.all_gather_object(parts, features)
             features = torch.cat(parts)  # every rank fits the same net on the same features
         self.net.fit_collected(features)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs > self.current_epoch + 1:
+            log.info("fitted in one epoch: the other %d of trainer.max_epochs=%d are skipped",
+                     max_epochs - self.current_epoch - 1, max_epochs)
+        self.trainer.should_stop = True  # set before the epoch ends, so the progress line knows it is the last
 
     def on_validation_epoch_start(self) -> None:
         self.fit_collected()  # validation runs before on_train_epoch_end
 
     def on_train_epoch_end(self) -> None:
         self.fit_collected()  # when there is no validation run
-        if self.trainer.max_epochs is not None and self.trainer.max_epochs > self.current_epoch + 1:
-            log.info("fitted in one epoch: the other %d of trainer.max_epochs=%d are skipped",
-                     self.trainer.max_epochs - self.current_epoch - 1, self.trainer.max_epochs)
-        self.trainer.should_stop = True
