@@ -34,7 +34,7 @@ def test_a_smoke_run_writes_real_scalars_hparams_and_images(tmp_path):
     tags = acc.Tags()
     scalars = {tag: [e.value for e in acc.Scalars(tag)] for tag in tags["scalars"]}
     for tag in ("train/loss", "train/l2", "val/loss", "val/image_score", "test/image_AUROC", "test/pixel_AUROC",
-                "test/PRO", "test/memory/mean_entropy"):
+                "test/PRO", "test/memory/mean_entropy", "val/recon_r2", "test/reconstruction/r2"):
         assert scalars.get(tag) and all(math.isfinite(v) for v in scalars[tag]), (tag, sorted(scalars))
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):  # the same numbers as metrics.json
         assert scalars[f"test/{key}"][-1] == pytest.approx(record[key], abs=1e-6)

@@ -114,8 +114,11 @@ def test_offline_run_holds_hyperparameters_losses_metrics_and_memory(sweep, job,
     # memory diagnostics
     memory = metrics["memory"]
     assert memory["num_items"] == 16 and memory["num_queries"] == 12 * 16  # 12 images x (64/16)^2 positions
-    for key in ("mean_entropy", "unused_fraction", "never_top1_fraction", "mean_active_items"):
+    for key in ("mean_entropy", "unused_fraction", "never_top1_fraction", "mean_active_items", "used_fraction",
+                "feature_relative_error", "readout_image_share"):
         assert summary[f"test/memory/{key}"] == pytest.approx(memory[key])
+    for key in ("r2", "image_share"):  # does the reconstruction follow the image
+        assert summary[f"test/reconstruction/{key}"] == pytest.approx(metrics["reconstruction"][key])
     assert 0.0 <= summary["test/memory/unused_fraction"] <= 1.0
     assert 0.0 <= summary["test/memory/mean_entropy"] <= math.log(16) + 1e-9
     usage = summary["test/memory/usage"]

@@ -7,7 +7,8 @@ training Lightning writes the loss terms (``train/*``, ``val/*``) as scalars, af
 
 - an HParams entry: the run config, flattened (``cfg/model/memory/size``, ...), with the test metrics, so the runs
   of a sweep line up in one table of TensorBoard's HPARAMS tab (``hp_metric`` is not written: it would be -1);
-- ``test/memory/*`` (memory diagnostics) and ``test/per_defect/<defect>`` (image AUROC per defect type) scalars;
+- ``test/memory/*`` (memory diagnostics), ``test/reconstruction/*`` (metrics.json ``reconstruction``) and
+  ``test/per_defect/<defect>`` (image AUROC per defect type) scalars;
 - ``test/examples`` (examples.png) and ``test/curves`` (curves.png) images.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from vitmemad.errors import ConfigError
-from vitmemad.utils.wandb_logging import MEMORY_SCALARS
+from vitmemad.utils.wandb_logging import MEMORY_SCALARS, RECONSTRUCTION_SCALARS
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,11 @@ def _log_one(logger: Any, record: dict[str, Any], output_dir: Path, step: int) -
     file_writer = writer._get_file_writer()
     for summary in hparams(flat_params(dict(logger.hparams or {})), metrics):
         file_writer.add_summary(summary, step)
-    memory = record.get("memory") or {}
-    for key in MEMORY_SCALARS:
-        if isinstance(memory.get(key), (int, float)):
-            writer.add_scalar(f"test/memory/{key}", float(memory[key]), step)
+    for section, keys in (("memory", MEMORY_SCALARS), ("reconstruction", RECONSTRUCTION_SCALARS)):
+        values = record.get(section) or {}
+        for key in keys:
+            if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool):
+                writer.add_scalar(f"test/{section}/{key}", float(values[key]), step)
     for defect, value in sorted((record.get("per_defect") or {}).items()):
         if value is not None:
             writer.add_scalar(f"test/per_defect/{defect}", float(value), step)

@@ -6,7 +6,9 @@ During training Lightning logs the hyperparameters (the resolved run config, und
 - summary: ``test/image_AUROC``, ``test/pixel_AUROC``, ``test/PRO`` (exact, as in metrics.json; left out when
   null), ``test/num_test_images``, the memory diagnostics ``test/memory/mean_entropy``,
   ``test/memory/unused_fraction``, ``test/memory/never_top1_fraction``, ``test/memory/mean_active_items``,
-  and ``category``, ``dataset``, ``model``, ``ablation``, ``seed``;
+  ``test/memory/used_fraction``, ``test/memory/feature_relative_error``, ``test/memory/readout_image_share``,
+  the reconstruction's ``test/reconstruction/r2`` and ``test/reconstruction/image_share`` (metrics.json
+  ``reconstruction``), and ``category``, ``dataset``, ``model``, ``ablation``, ``seed``;
 - ``test/examples``: the examples.png grid (input | reconstruction | anomaly map | ground truth);
 - ``test/summary``: a table with one row per category (this run's), so the tables of a sweep's runs
   concatenate into a per-category table in the W&B UI; ``test/per_defect``: image AUROC per defect type;
@@ -34,7 +36,10 @@ SUMMARY_COLUMNS = (
 )
 #: metrics.json curve -> (its y key, the plot's title)
 CURVE_PLOTS = {"image_roc": ("tpr", "Image ROC"), "pixel_roc": ("tpr", "Pixel ROC"), "pro": ("pro", "PRO curve")}
-MEMORY_SCALARS = ("mean_entropy", "max_entropy", "unused_fraction", "never_top1_fraction", "mean_active_items")
+MEMORY_SCALARS = ("mean_entropy", "max_entropy", "unused_fraction", "never_top1_fraction", "mean_active_items",
+                  "used_fraction", "feature_relative_error", "readout_image_share")
+#: metrics.json ``reconstruction`` figures logged as ``test/reconstruction/<key>``
+RECONSTRUCTION_SCALARS = ("r2", "image_share")
 
 
 def _hydra_config() -> Any | None:
@@ -149,6 +154,9 @@ def _log_one(logger: Any, record: dict[str, Any], examples: Path) -> None:
         summary.update({f"test/memory/{k}": memory[k] for k in MEMORY_SCALARS if k in memory})
         media["test/memory/usage"] = _bars(memory["usage"])
         media["test/memory/top1_usage"] = _bars(memory["top1_usage"])
+    reconstruction = record.get("reconstruction") or {}
+    summary.update({f"test/reconstruction/{k}": reconstruction[k] for k in RECONSTRUCTION_SCALARS
+                    if k in reconstruction})
     media["test/summary"] = wandb.Table(columns=list(SUMMARY_COLUMNS),
                                         data=[[record.get(c) for c in SUMMARY_COLUMNS]])
     media["test/per_defect"] = wandb.Table(
