@@ -58,7 +58,7 @@ def test_models_fitted_without_gradients_build_under_the_real_preset(compose_pla
 def test_a_mean_image_run_fits_in_one_epoch_and_scores_every_image_against_the_mean(tmp_path):
     run_dir = tmp_path / "mean_image"
     run_here("vitmemad.train", "model=mean_image", *TINY_DEMO, "trainer.max_epochs=3",
-                    f"hydra.run.dir={run_dir}", "num_threads=1")
+             f"hydra.run.dir={run_dir}", "num_threads=1")
     metrics = read_metrics(run_dir)
     assert metrics["model"] == "mean_image" and metrics["ablation"] is None and metrics["memory"] is None
     assert metrics["epochs"] == 1 and metrics["num_test_images"] == 12

@@ -34,6 +34,7 @@ LIGHTNING_LOGGERS = (
 #: (message regex, category) of third-party warnings that say nothing about a run.
 WARNING_NOISE = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # torch 2.14 vs Lightning's _pytree
+    (r"`training_step` returned `None`", UserWarning),  # by design for the models fitted without gradients
 )
 METRIC_KEYS = ("image_AUROC", "pixel_AUROC", "PRO")
 
