@@ -34,7 +34,9 @@ LIGHTNING_LOGGERS = (
 #: (message regex, category) of third-party warnings that say nothing about a run.
 WARNING_NOISE = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # torch 2.14 vs Lightning's _pytree
-    (r"`training_step` returned `None`", UserWarning),  # by design for the models fitted without gradients
+    # by design for the models fitted without gradients (PatchCore, the mean image)
+    (r"`training_step` returned `None`", UserWarning),
+    (r"`LightningModule.configure_optimizers` returned `None`", UserWarning),
 )
 METRIC_KEYS = ("image_AUROC", "pixel_AUROC", "PRO")
 
