@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .memory import MemoryModule
+from .recon_stats import ReconstructionFit
 
 #: an item is in use when it receives at least this share of the uniform 1/N of the addressing mass
 USED_SHARE = 0.1
@@ -54,53 +55,33 @@ class MemoryUsage:
         self.weight_sum = torch.zeros(n, dtype=torch.float64)
         self.nonzero = torch.zeros(n, dtype=torch.float64)
         self.top1 = torch.zeros(n, dtype=torch.float64)
-        # queries, entropy, active items, |z_hat - z|^2, |z|^2, |z_hat|^2, images
-        self.totals = torch.zeros(7, dtype=torch.float64)
-        self.image_sums: torch.Tensor | None = None  # (2, elements of one image): sum over images of z, of z_hat
+        self.totals = torch.zeros(3, dtype=torch.float64)  # queries, entropy, active items
+        self.features = ReconstructionFit()  # the features z against the read-out z_hat, image by image
 
     def update(self, weights: torch.Tensor, queries: torch.Tensor | None = None,
                output: torch.Tensor | None = None) -> None:
         """``weights`` (B, Q, N); ``queries`` and ``output``: the features and read-out, image first (B, ...)."""
         w = weights.detach().float().reshape(-1, self.num_items)
-        lost = kept = read = images = 0.0
         if queries is not None and output is not None:
-            z, z_hat = queries.detach().double(), output.detach().double()
-            lost, kept, read = float((z_hat - z).pow(2).sum()), float(z.pow(2).sum()), float(z_hat.pow(2).sum())
-            images = float(z.shape[0])
-            sums = torch.stack([z.reshape(z.shape[0], -1).sum(0), z_hat.reshape(z.shape[0], -1).sum(0)]).cpu()
-            self.image_sums = sums if self.image_sums is None else self.image_sums + sums
+            self.features.update(queries, output)
         self.weight_sum += w.sum(0).double().cpu()
         active = w > 0
         self.nonzero += active.sum(0).double().cpu()
         self.top1 += torch.bincount(w.argmax(-1), minlength=self.num_items).double().cpu()
         entropy = -(w * torch.log(w + self.eps)).sum(-1)
         self.totals += torch.tensor(
-            [w.shape[0], float(entropy.double().sum()), float(active.sum()), lost, kept, read, images],
-            dtype=torch.float64,
-        )
+            [w.shape[0], float(entropy.double().sum()), float(active.sum())], dtype=torch.float64)
 
     def _sync(self) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            sums = self.image_sums.flatten() if self.image_sums is not None else torch.zeros(0, dtype=torch.float64)
-            packed = torch.cat([self.weight_sum, self.nonzero, self.top1, self.totals, sums])
+            packed = torch.cat([self.weight_sum, self.nonzero, self.top1, self.totals])
             if dist.get_backend() == "nccl":
                 packed = packed.cuda()
             dist.all_reduce(packed)
             packed = packed.cpu()
-            n, t = self.num_items, len(self.totals)
+            n = self.num_items
             self.weight_sum, self.nonzero = packed[:n], packed[n : 2 * n]
-            self.top1, self.totals = packed[2 * n : 3 * n], packed[3 * n : 3 * n + t]
-            if self.image_sums is not None:
-                self.image_sums = packed[3 * n + t :].reshape(self.image_sums.shape)
-
-    def image_shares(self) -> tuple[float | None, float | None]:
-        """(features, read-out): sum over elements of the variance between images / of the mean square."""
-        images, energies = float(self.totals[6]), (float(self.totals[4]), float(self.totals[5]))
-        if self.image_sums is None or images < 2:
-            return None, None
-        between = [1.0 - float(s.pow(2).sum()) / images / e if e > 0 else None
-                   for s, e in zip(self.image_sums, energies)]
-        return between[0], between[1]
+            self.top1, self.totals = packed[2 * n : 3 * n], packed[3 * n :]
 
     def compute(self) -> dict[str, Any] | None:
         self._sync()
@@ -109,7 +90,11 @@ class MemoryUsage:
             return None
         usage = self.weight_sum / queries
         used_fraction = float((usage >= USED_SHARE / self.num_items).double().mean())
-        feature_share, readout_share = self.image_shares()
+        f = self.features.figures() or {}  # reduces its own sums over the ranks
+
+        def ratio(num: str, den: str) -> float | None:
+            return f[num] / f[den] if f.get(num) is not None and f.get(den) else None
+
         return {
             "num_items": self.num_items,
             "used_fraction": used_fraction,
@@ -120,9 +105,9 @@ class MemoryUsage:
             "unused_fraction": float((self.nonzero == 0).double().mean()),
             "never_top1_fraction": float((self.top1 == 0).double().mean()),
             "mean_active_items": float(self.totals[2]) / queries,
-            "feature_relative_error": float(self.totals[3] / self.totals[4]) if self.totals[4] > 0 else None,
-            "feature_image_share": feature_share,
-            "readout_image_share": readout_share,
+            "feature_relative_error": ratio("error", "energy"),
+            "feature_image_share": ratio("spread", "energy"),
+            "readout_image_share": ratio("spread_hat", "energy_hat"),
             "usage": [round(float(v), 8) for v in usage],
             "top1_usage": [round(float(v), 8) for v in self.top1 / queries],
         }

@@ -9,7 +9,8 @@
   against how much the images do (0: one image drawn for all of them).
 
 metrics.json ``reconstruction`` gives both over the normal test images; ``val/recon_r2`` is logged at every
-validation epoch. Sums only, in float64, reduced over DDP ranks.
+validation epoch. Sums only, in float64, reduced over DDP ranks. The memory's diagnostics keep the same sums for
+its features and read-out (``memory_stats``).
 """
 from __future__ import annotations
 
@@ -44,15 +45,24 @@ class ReconstructionFit:
         dist.all_reduce(packed)
         self.totals, self.sums = packed[:4].cpu(), packed[4:].reshape(self.sums.shape)
 
-    def compute(self) -> dict[str, Any] | None:
-        """None without images (or with only one: no spread to explain)."""
-        if self.sums is not None:
-            self._sync(self.sums.device)
-        n = float(self.totals[0])
-        if self.sums is None or n < 2:
+    def figures(self) -> dict[str, Any] | None:
+        """The sums behind the figures (reduced over DDP ranks; call once per set): ``count`` images,
+        ``energy`` sum x^2 and ``energy_hat`` sum x_hat^2, ``error`` sum |x - x_hat|^2, and ``spread`` /
+        ``spread_hat``, sum over elements of the variance between images times their count (None for one image).
+        None without images."""
+        if self.sums is None:
             return None
-        spread = [max(0.0, float(self.totals[1 + i]) - float(self.sums[i].pow(2).sum()) / n) for i in range(2)]
-        if spread[0] <= 0:
-            return None  # identical images: nothing to explain
-        return {"r2": 1.0 - float(self.totals[3]) / spread[0], "image_share": spread[1] / spread[0],
-                "num_images": int(n)}
+        self._sync(self.sums.device)
+        n = float(self.totals[0])
+        spreads = [max(0.0, float(self.totals[1 + i]) - float(self.sums[i].pow(2).sum()) / n) if n >= 2 else None
+                   for i in range(2)]
+        return {"count": int(n), "energy": float(self.totals[1]), "energy_hat": float(self.totals[2]),
+                "error": float(self.totals[3]), "spread": spreads[0], "spread_hat": spreads[1]}
+
+    def compute(self) -> dict[str, Any] | None:
+        """None without images (or with only one, or identical ones: no spread to explain)."""
+        f = self.figures()
+        if f is None or not f["spread"]:
+            return None
+        return {"r2": 1.0 - f["error"] / f["spread"], "image_share": f["spread_hat"] / f["spread"],
+                "num_images": f["count"]}
