@@ -105,13 +105,15 @@ def _fit(callback: LogProgress, caplog, epochs: int = 3) -> tuple[list[str], L.T
     return [r.getMessage() for r in caplog.records if r.name == "vitmemad.callbacks.progress"], trainer
 
 
-def test_a_model_fitted_without_gradients_trains_without_lightnings_no_optimizer_warnings(tmp_path):
-    """PatchCore and the mean image return no loss and no optimizer by design: Lightning's two warnings about it
-    are the user's concern only for gradient-trained models, which always have both."""
-    out, err = _run("vitmemad.train", "model=mean_image", "debug=smoke", "data.n_train=24", "data.n_test_good=6",
+@pytest.mark.parametrize("model", ["mean_image", "patchcore"])
+def test_a_model_fitted_without_gradients_trains_without_lightnings_by_design_warnings(tmp_path, model):
+    """PatchCore and the mean image return no loss and no optimizer by design, and PatchCore's pretrained backbone
+    stays frozen in eval mode: Lightning's warnings about these are the user's concern only for models that learn
+    those parts, which vitmemad's never leave out."""
+    out, err = _run("vitmemad.train", f"model={model}", "debug=smoke", "data.n_train=24", "data.n_test_good=6",
                     "data.n_test_defect=6", "data.crop_size=64", f"hydra.run.dir={tmp_path / 'train'}")
     _assert_quiet_with_one_table(out, err)
-    assert "returned `None`" not in out + err, out + err
+    assert "returned `None`" not in out + err and "in eval mode" not in out + err, out + err
     assert re.search(r"epoch 1/1 \| val/loss \S+ \| elapsed \S+ \| ETA 0s$", out + err, re.M), out + err
 
 

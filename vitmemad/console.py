@@ -3,8 +3,9 @@
 ``install()`` is called by ``vitmemad.cli.run``, so by every entry point, at run time (importing this module
 changes nothing). It drops, by their text, Lightning's info lines that tell a vitmemad user nothing (device
 availability, the litlogger tip, "Seed set to", "Loading `train_dataloader` to estimate ...", "`Trainer.fit`
-stopped: `max_epochs=N` reached", the checkpoint-loading lines of testing) and torch's LeafSpec deprecation
-warning raised inside Lightning. Log levels stay as they are: every other Lightning message, and every vitmemad
+stopped: `max_epochs=N` reached", the checkpoint-loading lines of testing), torch's LeafSpec deprecation
+warning raised inside Lightning, and Lightning's warnings about what the models do by design (no loss or optimizer
+for the models fitted without gradients, a frozen backbone in eval mode). Log levels stay as they are: every other Lightning message, and every vitmemad
 warning and error, still appears. W&B's own output is quieted by the settings its logger is built with
 (``vitmemad.utils.wandb_logging.wandb_logger``).
 """
@@ -37,6 +38,8 @@ WARNING_NOISE = (
     # by design for the models fitted without gradients (PatchCore, the mean image)
     (r"`training_step` returned `None`", UserWarning),
     (r"`LightningModule.configure_optimizers` returned `None`", UserWarning),
+    # by design: the frozen pretrained backbone of PatchCore and vitmemad_feat stays in eval mode
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
 )
 METRIC_KEYS = ("image_AUROC", "pixel_AUROC", "PRO")
 
