@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import read_metrics, run_here, run_module
+from helpers import REPO_ROOT, read_metrics, run_here, run_module
 from vitmemad.data.demo import write_demo_dataset
 from vitmemad.checkpoint import CheckpointError, check_state_dict, load_checkpoint
 from vitmemad.models.patchcore import PatchCore, greedy_coreset, nearest_distances
@@ -238,3 +239,24 @@ def test_patchcore_on_real_bottle(mvtec_root, tmp_path):
     assert m["image_AUROC"] >= 0.99
     assert m["pixel_AUROC"] >= 0.97
     assert m["PRO"] >= 0.90
+
+
+def test_bank_variants_reproduce_the_run_with_its_own_coreset(patchcore_run, tmp_path):
+    """experiments/bank_variants.py: its coreset at the bank's own size and seed is the run's bank, so its
+    metrics are the run's metrics.json exactly; the other variants score the same test set differently."""
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    import bank_variants
+
+    ckpt = patchcore_run / "checkpoints" / "last.ckpt"
+    items = load_checkpoint(ckpt)["state_dict"]["net.memory_bank"].shape[0]
+    out = tmp_path / "variants.json"
+    assert bank_variants.main([str(ckpt), "--items", str(items), "--seeds", "0", "--temperatures", "0.1",
+                               "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert sorted(rows) == ["coreset/s0", "coreset_soft_T0.1/s0", "random_all/s0", "random_first_batch/s0"]
+    metrics = read_metrics(patchcore_run)
+    assert {k: rows["coreset/s0"][k] for k in ("image_AUROC", "pixel_AUROC", "PRO")} == \
+        {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "PRO")}
+    assert rows["coreset_soft_T0.1/s0"]["PRO"] != rows["coreset/s0"]["PRO"]  # the soft read-out is another map
+    with pytest.raises(SystemExit):  # more items than the first batch has patches
+        bank_variants.main([str(ckpt), "--items", "100000", "--seeds", "0"])

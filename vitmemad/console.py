@@ -4,10 +4,10 @@
 changes nothing). It drops, by their text, Lightning's info lines that tell a vitmemad user nothing (device
 availability, the litlogger tip, "Seed set to", "Loading `train_dataloader` to estimate ...", "`Trainer.fit`
 stopped: `max_epochs=N` reached", the checkpoint-loading lines of testing), torch's LeafSpec deprecation
-warning raised inside Lightning, and Lightning's warnings about what the models do by design (no loss or optimizer
-for the models fitted without gradients, a frozen backbone in eval mode). Log levels stay as they are: every other Lightning message, and every vitmemad
-warning and error, still appears. W&B's own output is quieted by the settings its logger is built with
-(``vitmemad.utils.wandb_logging.wandb_logger``).
+warning raised inside Lightning, and Lightning's warnings about what the models do by design (no loss or
+optimizer for the models fitted without gradients, a frozen backbone in eval mode). Log levels stay as they are:
+every other Lightning message, and every vitmemad warning and error, still appears. W&B's own output is quieted
+by the settings its logger is built with (``vitmemad.utils.wandb_logging.wandb_logger``).
 """
 from __future__ import annotations
 
