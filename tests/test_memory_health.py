@@ -1,9 +1,12 @@
 """The memory's health: the collapse detector on synthetic addressing, and the codebook + commitment loss
-(``loss.lambda_mem``) that ties the read-out to the features it replaces."""
+(``loss.lambda_mem``) that ties the read-out to the features it replaces, and a training run whose items start
+as a coreset of every training image's features (``memory.init=coreset``)."""
 from __future__ import annotations
 
 import torch
 
+from helpers import TINY_DEMO, read_metrics, run_here
+from vitmemad.checkpoint import load_checkpoint
 from vitmemad.models import MemoryModule
 from vitmemad.models.loss import ReconstructionLoss, memory_feature_loss
 from vitmemad.models.memory_stats import COLLAPSED_BELOW, MemoryUsage, USED_SHARE
@@ -126,3 +129,15 @@ def test_training_the_readout_with_the_loss_spreads_usage_and_shrinks_the_featur
     after = stats()
     assert before["feature_relative_error"] > 0.5  # two prototypes cannot stand for 32 patterns
     assert after["used_fraction"] >= 0.3 and after["feature_relative_error"] < 0.2, after
+
+
+def test_a_run_with_coreset_items_starts_them_from_every_training_batch(tmp_path):
+    proc = run_here("vitmemad.train", *TINY_DEMO, "model.net.memory.init=coreset", "data.batch_size=8",
+                    "num_threads=1", f"hydra.run.dir={tmp_path}")
+    log_text = (tmp_path / "train.log").read_text()
+    assert "start as a k-center coreset of every training image's features" in log_text, proc.stdout[-2000:]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert bool(state["net.memory.initialized"]) and torch.isfinite(state["net.memory.items"]).all()
+    record = read_metrics(tmp_path)
+    assert record["memory"]["num_items"] == state["net.memory.items"].shape[0]
+    assert all(0.0 <= record[k] <= 1.0 for k in ("image_AUROC", "pixel_AUROC", "PRO"))

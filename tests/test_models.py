@@ -9,6 +9,7 @@ import torch
 
 from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps
 from vitmemad.models.cae import ConvAutoencoder
+from vitmemad.models.coreset import greedy_coreset
 from vitmemad.models.coord_attention import CoordinateAttention
 from vitmemad.models.decoder import TransposedConvDecoder
 from vitmemad.models.encoder import ViTEncoder
@@ -234,6 +235,36 @@ def test_memory_feature_initialisation_samples_queries_once():
     assert not vit(memory_size=10).initialize_memory(x)  # init="random": nothing to do
     assert not vit(memory=False).initialize_memory(x)  # no memory: nothing to do
 
+
+
+def test_coreset_initialisation_keeps_the_rare_pattern_a_random_sample_misses():
+    """3 items over 2,000 queries in two common clusters and 3 in a rare one: the k-center coreset gives the rare
+    cluster an item for every seed; a random sample of the same queries almost never does."""
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0], [0, 0, 10.0, 0]])
+    sizes = (1000, 1000, 3)
+    queries = torch.cat([c + 0.1 * torch.randn(n, 4, generator=gen) for c, n in zip(centers, sizes)])
+    covered = {"coreset": 0, "features": 0}
+    for seed in range(10):
+        for init in covered:
+            mem = MemoryModule(size=3, dim=4, init=init)
+            mem.initialize_from(queries, torch.Generator().manual_seed(seed))
+            nearest_center = torch.cdist(mem.items.detach(), centers).argmin(dim=1)
+            covered[init] += int(sorted(nearest_center.tolist()) == [0, 1, 2])
+    assert covered == {"coreset": 10, "features": 0}, covered
+
+
+def test_coreset_initialisation_reads_every_batch_it_is_given():
+    """initialize_memory takes an iterable of batches: with init=coreset the items are the k-center coreset of
+    the queries of all of them, not of the first."""
+    model = vit(memory_size=4, memory_init="coreset")
+    batches = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(i)) * (1 + 4 * i) for i in range(2)]
+    assert model.initialize_memory(iter(batches), torch.Generator().manual_seed(0))
+    queries = torch.cat([model.encoder(x).flatten(2).transpose(1, 2).reshape(-1, 32) for x in batches]).detach()
+    expected = queries[greedy_coreset(queries, 4, None, torch.Generator().manual_seed(0))]
+    torch.testing.assert_close(model.memory.items.detach(), expected, rtol=0, atol=0)
+    first_only = queries[:32][greedy_coreset(queries[:32], 4, None, torch.Generator().manual_seed(0))]
+    assert not torch.equal(expected, first_only)
 
 def test_dead_memory_items_restart_onto_recent_queries():
     mem = MemoryModule(size=8, dim=4, temperature=0.05)

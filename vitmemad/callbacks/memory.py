@@ -24,7 +24,8 @@ def _distributed() -> bool:
 class MemoryTraining(L.Callback):
     """- ``warmup_epochs``: the first epochs train encoder + decoder with the memory bypassed (at most half of
       ``max_epochs``, so a short run still trains and tests with its memory);
-    - items with ``init=features`` start as a sample of the first training batch's encoder features;
+    - items with ``init=features`` start as a sample of the first training batch's encoder features, with
+      ``init=coreset`` as a k-center coreset of the encoder features of every training batch (one extra pass);
     - ``restart_every`` > 0: every that many steps, items whose running usage share is below
       ``restart_min_share / N`` move onto current queries (the codebook-restart remedy of vector quantisation),
       except in the last 20 % of training, which lets the items settle.
@@ -58,10 +59,23 @@ class MemoryTraining(L.Callback):
             return  # the common case: nothing to do on this batch
         was_training = net.training
         net.eval()  # no BatchNorm statistics update from this extra pass
-        done = net.initialize_memory(batch["image"], torch.Generator().manual_seed(self.seed))
+        done = net.initialize_memory(self._start_images(trainer, pl_module, memory, batch),
+                                     torch.Generator().manual_seed(self.seed))
         net.train(was_training)
         if done and _distributed():
             dist.broadcast(memory.items.data, src=0)  # every rank starts from rank 0's sample
+
+    @staticmethod
+    def _start_images(trainer: L.Trainer, pl_module: L.LightningModule, memory: Any, batch: Any) -> Any:
+        """This batch's images, or for ``init=coreset`` every training batch's (the datamodule's loader)."""
+        if memory.init != "coreset":
+            return batch["image"]
+        if trainer.datamodule is None:
+            log.warning("memory.init=coreset needs the run's datamodule: the items start from this batch only")
+            return batch["image"]
+        log.info("memory: the %d items start as a k-center coreset of every training image's features",
+                 memory.num_items)
+        return (b["image"].to(pl_module.device) for b in trainer.datamodule.train_dataloader())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -18,13 +18,13 @@ estimated from the first training batch and saved with the weights.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .coord_attention import CoordinateAttention
-from .memory import MemoryModule
+from .memory import MemoryModule, encoder_queries
 from .parts import check_widths
 from .pretrained import FeatureExtractor
 
@@ -93,12 +93,14 @@ class FeatureMemAE(nn.Module):
         return (feats - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
 
     @torch.no_grad()
-    def initialize_memory(self, x: torch.Tensor, generator: torch.Generator | None = None) -> bool:
-        """``memory.init=features``: items start as a sample of encoder queries (see ViTMemAE)."""
+    def initialize_memory(self, images: torch.Tensor | Iterable[torch.Tensor],
+                          generator: torch.Generator | None = None) -> bool:
+        """``memory.init=features|coreset``: items start from encoder queries (see ViTMemAE)."""
         if self.memory is None or self.bypass_memory or bool(self.memory.initialized):
             return False
-        queries = self.encoder(self.target_features(x, init_stats=True)).flatten(2).transpose(1, 2)
-        self.memory.initialize_from(queries, generator)
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return self.encoder(self.target_features(x, init_stats=True))
+        self.memory.initialize_from(encoder_queries(encode, images), generator)
         return True
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:

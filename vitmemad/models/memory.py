@@ -11,8 +11,10 @@ Addressing:
   and shrinkage keeps roughly half the items. A temperature < 1 sharpens it.
 - ``dot`` is MemAE's addressing: the raw dot product z m_i^T, scaled by ``temperature``.
 
-Initialisation: items start small and random (``init="random"``, MemAE's default) or, with
-``init="features"``, as a random sample of the encoder's first training queries. From a random start
+Initialisation: items start small and random (``init="random"``, MemAE's default), with
+``init="features"`` as a random sample of the encoder's first training queries, or with ``init="coreset"`` as a
+greedy k-center coreset of the queries of every training image (``vitmemad.models.coreset``), which keeps the
+rare normal patterns a random sample misses. From a random start
 the rich get richer: on the demo textures only 3-8 of 100-500 items were ever the best match after
 training, and normal patterns outside those few (short horizontal brick joints) were not
 reconstructed. Starting from real queries keeps the items spread over the data, and
@@ -22,21 +24,34 @@ unused back onto current queries during training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .coreset import greedy_coreset
 from .precision import float32_region
 
 ADDRESSING = ("cosine", "dot")
-INITS = ("random", "features")
+INITS = ("random", "features", "coreset")
+#: random projection for the coreset's distances (PatchCore's speed-up), used when the items are wider
+CORESET_PROJECTION = 128
 
 
 def hard_shrink_relu(weights: torch.Tensor, threshold: float, eps: float = 1e-12) -> torch.Tensor:
     """Eq. 10 followed by L1 renormalisation: zero weights below ``threshold``, keep the rest."""
     shrunk = F.relu(weights - threshold) * weights / (torch.abs(weights - threshold) + eps)
     return F.normalize(shrunk, p=1, dim=-1)
+
+
+def encoder_queries(encode: Callable[[torch.Tensor], torch.Tensor],
+                    images: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
+    """The (M, C) memory queries of one batch of images or of every batch of an iterable; ``encode`` maps a batch
+    to the (B, C, h, w) feature map the memory reads."""
+    batches = [images] if isinstance(images, torch.Tensor) else images
+    maps = [encode(x) for x in batches]
+    return torch.cat([m.flatten(2).transpose(1, 2).reshape(-1, m.shape[1]) for m in maps])
 
 
 class MemoryModule(nn.Module):
@@ -79,10 +94,14 @@ class MemoryModule(nn.Module):
 
     @torch.no_grad()
     def initialize_from(self, queries: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the items to a random sample of ``queries`` (..., C) (with replacement if too few)."""
+        """Set the items to a random sample (``init="features"``) or a k-center coreset (``init="coreset"``) of
+        ``queries`` (..., C); a random sample with replacement if there are fewer queries than items."""
         flat = queries.detach().reshape(-1, self.dim).to(self.items.dtype)
         n = flat.shape[0]
-        if n >= self.num_items:
+        if n >= self.num_items and self.init == "coreset":
+            projection = CORESET_PROJECTION if self.dim > CORESET_PROJECTION else None
+            idx = greedy_coreset(flat, self.num_items, projection, generator).cpu()
+        elif n >= self.num_items:
             idx = torch.randperm(n, generator=generator, device="cpu")[: self.num_items]
         else:
             idx = torch.randint(n, (self.num_items,), generator=generator, device="cpu")

@@ -15,13 +15,13 @@ checkpoints (its row count depends on the data, so loading resizes it to the che
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .coreset import greedy_coreset
 from .precision import float32_region
 from .pretrained import FeatureExtractor
 
@@ -29,47 +29,6 @@ log = logging.getLogger(__name__)
 
 #: elements of one (queries x bank) distance block; keeps nearest-neighbour search memory bounded
 NN_BLOCK_ELEMENTS = 1 << 24
-
-
-def greedy_coreset(
-    features: torch.Tensor,
-    num_samples: int,
-    projection_dim: int | None = 128,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Indices (num_samples,) of a greedy k-center coreset of ``features`` (N, D).
-
-    Starts from a random point; each step adds the point farthest from everything selected so far
-    (the 2-approximation of the k-center problem: the largest distance from any point to its nearest
-    selected point is at most twice the optimum). With ``projection_dim`` < D, distances are measured
-    after a Gaussian random projection to that many dimensions (Johnson-Lindenstrauss), PatchCore's
-    speed-up. Deterministic for a given ``generator`` state.
-    """
-    if features.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
-    n, dim = features.shape
-    if not 1 <= num_samples <= n:
-        raise ValueError(f"num_samples must be in [1, {n}], got {num_samples}")
-    x = features.float()
-    if projection_dim is not None and 0 < projection_dim < dim:
-        proj = torch.randn(dim, projection_dim, generator=generator) / math.sqrt(projection_dim)
-        x = x @ proj.to(x.device)
-    sq_norms = (x * x).sum(1)
-    # |x - c|^2 = |x|^2 + [x, 1] . [-2c, |c|^2]: one fused matrix-vector product per step
-    x_aug = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
-    center = torch.empty(x_aug.shape[1], dtype=x.dtype, device=x.device)
-    dist = torch.empty(n, dtype=x.dtype, device=x.device)
-    min_dist = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)  # to the nearest selected point
-    selected = torch.empty(num_samples, dtype=torch.long)
-    idx = int(torch.randint(n, (1,), generator=generator))
-    for i in range(num_samples):
-        selected[i] = idx
-        torch.mul(x[idx], -2.0, out=center[:-1])
-        center[-1] = sq_norms[idx]
-        torch.addmv(sq_norms, x_aug, center, out=dist)
-        torch.minimum(min_dist, dist, out=min_dist)
-        idx = int(torch.argmax(min_dist))
-    return selected
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor,

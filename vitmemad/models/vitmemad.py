@@ -6,13 +6,15 @@ with one class.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 from .coord_attention import CoordinateAttention
 from .decoder import TransposedConvDecoder
 from .encoder import ViTEncoder
-from .memory import MemoryModule
+from .memory import MemoryModule, encoder_queries
 from .parts import check_widths
 
 
@@ -37,12 +39,13 @@ class ViTMemAE(nn.Module):
         self.bypass_memory = False
 
     @torch.no_grad()
-    def initialize_memory(self, x: torch.Tensor, generator: torch.Generator | None = None) -> bool:
-        """Data-dependent memory initialisation from a batch (no-op unless ``init='features'`` and not done)."""
+    def initialize_memory(self, images: torch.Tensor | Iterable[torch.Tensor],
+                          generator: torch.Generator | None = None) -> bool:
+        """Data-dependent memory start from a batch, or every batch of an iterable (``init='coreset'``); a no-op
+        unless the memory's ``init`` needs data and it has not started yet."""
         if self.memory is None or self.bypass_memory or bool(self.memory.initialized):
             return False
-        queries = self.encoder(x).flatten(2).transpose(1, 2)
-        self.memory.initialize_from(queries, generator)
+        self.memory.initialize_from(encoder_queries(self.encoder, images), generator)
         return True
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
