@@ -27,29 +27,29 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from select_map import run_datamodule  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
-from vitmemad.models.memory import hard_shrink_relu  # noqa: E402
+from vitmemad.models.memory import MemoryModule  # noqa: E402
 from vitmemad.models.patchcore import PatchCore, greedy_coreset  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 
 
 def soft_readout_forward(temperature: float):
-    """A PatchCore forward whose map is each query's distance to the memory module's read-out over the bank."""
+    """A PatchCore forward whose map is each query's distance to the memory module's read-out over the bank: a
+    ``MemoryModule`` (cosine addressing at ``temperature``, shrinkage 1/N) whose items are the bank."""
     def forward(self: PatchCore, images: torch.Tensor) -> dict:
         feats = self.embed(images)
-        b, c, h, w = feats.shape
-        queries = feats.permute(0, 2, 3, 1).reshape(-1, c)
-        logits = F.normalize(queries, dim=-1) @ F.normalize(self.memory_bank, dim=-1).t()
-        weights = hard_shrink_relu(torch.softmax(logits / temperature, dim=-1), 1.0 / self.memory_bank.shape[0])
-        dist = (queries - weights @ self.memory_bank).norm(dim=-1).reshape(b, h, w)
-        return {"reconstruction": None, "memory_weights": None, "anomaly_map": dist, "feature_error": dist.square() / c}
+        memory = MemoryModule(self.memory_bank.shape[0], feats.shape[1], temperature, "cosine").eval()
+        memory.items.data.copy_(self.memory_bank)
+        readout, _ = memory(feats)
+        dist = (feats.float() - readout.float()).norm(dim=1)
+        return {"reconstruction": None, "memory_weights": None, "anomaly_map": dist,
+                "feature_error": dist.square() / feats.shape[1]}
     return forward
 
 

@@ -49,9 +49,11 @@ def encoder_queries(encode: Callable[[torch.Tensor], torch.Tensor],
                     images: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
     """The (M, C) memory queries of one batch of images or of every batch of an iterable; ``encode`` maps a batch
     to the (B, C, h, w) feature map the memory reads."""
+    def flat(feature_map: torch.Tensor) -> torch.Tensor:  # each map is freed once flattened
+        return feature_map.flatten(2).transpose(1, 2).reshape(-1, feature_map.shape[1])
+
     batches = [images] if isinstance(images, torch.Tensor) else images
-    maps = [encode(x) for x in batches]
-    return torch.cat([m.flatten(2).transpose(1, 2).reshape(-1, m.shape[1]) for m in maps])
+    return torch.cat([flat(encode(x)) for x in batches])
 
 
 class MemoryModule(nn.Module):
