@@ -20,6 +20,15 @@ training, and normal patterns outside those few (short horizontal brick joints) 
 reconstructed. Starting from real queries keeps the items spread over the data, and
 ``restart_dead_items`` (the codebook-restart remedy of vector quantisation) moves items that stay
 unused back onto current queries during training.
+
+Read-out and item updates (vector quantisation's remedies for a memory that blends instead of recalling):
+- ``readout="soft"`` is the paper's (softmax, shrinkage, eq. 9); ``readout="topk"`` keeps only the ``top_k``
+  largest softmax weights of each query, renormalised, so a query is rebuilt from at most k items
+  (``top_k=1``: the nearest item, as a PatchCore bank reads out). ``straight_through`` then passes the read-out's
+  gradient to the queries unchanged (VQ-VAE's estimator), so an encoder in front keeps learning.
+- ``update="gradient"`` learns the items by back-propagation (the paper); ``update="ema"`` moves each item
+  towards the mean of the training queries it was assigned (VQ-VAE's EMA codebook), so items stay on the data
+  instead of drifting to wherever the decoder likes them; ``update="frozen"`` keeps them where ``init`` put them.
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ from .precision import float32_region
 
 ADDRESSING = ("cosine", "dot")
 INITS = ("random", "features", "coreset")
+READOUTS = ("soft", "topk")
+UPDATES = ("gradient", "ema", "frozen")
 #: random projection for the coreset's distances (PatchCore's speed-up), used when the items are wider
 CORESET_PROJECTION = 128
 
@@ -43,6 +54,12 @@ def hard_shrink_relu(weights: torch.Tensor, threshold: float, eps: float = 1e-12
     """Eq. 10 followed by L1 renormalisation: zero weights below ``threshold``, keep the rest."""
     shrunk = F.relu(weights - threshold) * weights / (torch.abs(weights - threshold) + eps)
     return F.normalize(shrunk, p=1, dim=-1)
+
+
+def keep_top_k(weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the ``k`` largest weights of each row and L1-renormalise (``k=1``: a one-hot nearest item)."""
+    top = weights.topk(k, dim=-1)
+    return F.normalize(torch.zeros_like(weights).scatter(-1, top.indices, top.values), p=1, dim=-1)
 
 
 def encoder_queries(encode: Callable[[torch.Tensor], torch.Tensor],
@@ -66,10 +83,20 @@ class MemoryModule(nn.Module):
         shrink_threshold: float | None = None,
         eps: float = 1e-12,
         init: str = "random",
+        readout: str = "soft",
+        top_k: int = 1,
+        straight_through: bool = False,
+        update: str = "gradient",
+        ema_decay: float = 0.99,
     ) -> None:
         super().__init__()
-        if init not in INITS:
-            raise ValueError(f"memory.init must be one of {INITS}, got {init!r}")
+        for key, value, choices in (("init", init, INITS), ("readout", readout, READOUTS), ("update", update, UPDATES)):
+            if value not in choices:
+                raise ValueError(f"memory.{key} must be one of {choices}, got {value!r}")
+        if not 1 <= top_k <= size:
+            raise ValueError(f"memory.top_k must be in [1, memory.size={size}], got {top_k}")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"memory.ema_decay must be in [0, 1), got {ema_decay}")
         if addressing not in ADDRESSING:
             raise ValueError(f"memory.addressing must be one of {ADDRESSING}, got {addressing!r}")
         if size < 1:
@@ -84,7 +111,12 @@ class MemoryModule(nn.Module):
         self.shrink_threshold = 1.0 / num_items if shrink_threshold is None else shrink_threshold
         self.eps = eps
         self.init = init
-        self.items = nn.Parameter(torch.empty(num_items, dim))
+        self.readout = readout
+        self.top_k = int(top_k)
+        self.straight_through = bool(straight_through)
+        self.update = update
+        self.ema_decay = float(ema_decay)
+        self.items = nn.Parameter(torch.empty(num_items, dim), requires_grad=update == "gradient")
         stdv = 1.0 / math.sqrt(dim)
         nn.init.uniform_(self.items, -stdv, stdv)
         # Saved with the weights, so a resumed run does not re-initialise from data.
@@ -110,12 +142,13 @@ class MemoryModule(nn.Module):
         self.items.copy_(flat[idx.to(flat.device)])
         self.initialized.fill_(True)
 
-    def address(self, queries: torch.Tensor) -> torch.Tensor:
+    def address(self, queries: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax addressing weights (..., N) for queries (..., C), before shrinkage."""
+        items = self.items if items is None else items
         if self.addressing == "cosine":
-            logits = F.normalize(queries, dim=-1) @ F.normalize(self.items, dim=-1).t()
+            logits = F.normalize(queries, dim=-1) @ F.normalize(items, dim=-1).t()
         else:
-            logits = queries @ self.items.t()
+            logits = queries @ items.t()
         return torch.softmax(logits.float() / self.temperature, dim=-1).to(queries.dtype)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,16 +156,37 @@ class MemoryModule(nn.Module):
         b, c, h, w = feature_map.shape
         with float32_region(feature_map) as (feature_map,):  # weights ~1/N: below bfloat16's resolution
             queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
-            weights = self.address(queries)
-            if self.shrink_threshold > 0:
+            # items updated in place (EMA) are read from a copy: backward still needs the values used here
+            items = self.items if self.update == "gradient" else self.items.detach().clone()
+            weights = self.address(queries, items)
+            if self.readout == "topk":
+                weights = keep_top_k(weights, self.top_k)
+            elif self.shrink_threshold > 0:
                 weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
-            out = weights @ self.items  # (B, HW, C), eq. 9
+            out = weights @ items  # (B, HW, C), eq. 9
+            if self.straight_through:
+                out = out + queries - queries.detach()
         if self.training:
             with torch.no_grad():
                 share = weights.detach().float().reshape(-1, self.num_items).mean(dim=0)
                 self.usage.mul_(self.usage_momentum).add_(share.to(self.usage.dtype), alpha=1 - self.usage_momentum)
                 self._last_queries = queries.detach()
+                if self.update == "ema":
+                    self._ema_step(queries.detach().float(), weights.detach().float())
         return out.transpose(1, 2).reshape(b, c, h, w), weights
+
+    @torch.no_grad()
+    def _ema_step(self, queries: torch.Tensor, weights: torch.Tensor) -> None:
+        """Move each item towards the weighted mean of the queries that addressed it in this batch; items no query
+        addressed stay put. Sums are reduced over DDP ranks, so every rank keeps the same items."""
+        flat_w = weights.reshape(-1, self.num_items)
+        mass, sums = flat_w.sum(dim=0), flat_w.t() @ queries.reshape(-1, self.dim)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(mass)
+            torch.distributed.all_reduce(sums)
+        hit = mass > self.eps
+        target = sums[hit] / mass[hit, None]
+        self.items[hit] = (self.ema_decay * self.items[hit].float() + (1 - self.ema_decay) * target).to(self.items.dtype)
 
     @torch.no_grad()
     def restart_dead_items(self, min_share: float, generator: torch.Generator | None = None) -> int:
@@ -155,6 +209,8 @@ class MemoryModule(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_items={self.num_items}, dim={self.dim}, addressing={self.addressing}, "
-            f"temperature={self.temperature}, shrink_threshold={self.shrink_threshold:.4g}"
+            f"temperature={self.temperature}, shrink_threshold={self.shrink_threshold:.4g}, readout={self.readout}"
+            + (f", top_k={self.top_k}" if self.readout == "topk" else "")
+            + (", straight_through" if self.straight_through else "") + f", update={self.update}"
         )
 
