@@ -186,7 +186,8 @@ class MemoryModule(nn.Module):
             torch.distributed.all_reduce(sums)
         hit = mass > self.eps
         target = sums[hit] / mass[hit, None]
-        self.items[hit] = (self.ema_decay * self.items[hit].float() + (1 - self.ema_decay) * target).to(self.items.dtype)
+        moved = self.ema_decay * self.items[hit].float() + (1 - self.ema_decay) * target
+        self.items[hit] = moved.to(self.items.dtype)
 
     @torch.no_grad()
     def restart_dead_items(self, min_share: float, generator: torch.Generator | None = None) -> int:
