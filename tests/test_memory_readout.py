@@ -33,6 +33,14 @@ def test_top_1_reads_out_exactly_the_most_similar_item():
     assert torch.equal(queries_of(out), mem.items.detach()[nearest])
 
 
+def test_euclidean_top_1_reads_out_the_nearest_item_by_distance():
+    mem = memory(readout="topk", top_k=1, addressing="euclidean").eval()
+    x = feature_map()
+    out, _ = mem(x)
+    nearest = torch.cdist(queries_of(x), mem.items.detach()[None]).argmin(dim=-1)
+    assert torch.equal(queries_of(out), mem.items.detach()[nearest])
+
+
 def test_top_k_keeps_the_k_largest_softmax_weights_renormalised():
     soft, top3 = memory().eval(), memory(readout="topk", top_k=3).eval()
     x = feature_map()

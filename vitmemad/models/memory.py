@@ -10,6 +10,8 @@ Addressing:
   similarities lie in [-1, 1], so softmax over N items is nearly uniform (max/min weight <= e^2)
   and shrinkage keeps roughly half the items. A temperature < 1 sharpens it.
 - ``dot`` is MemAE's addressing: the raw dot product z m_i^T, scaled by ``temperature``.
+- ``euclidean``: minus the squared distance ||z - m_i||^2, scaled by ``temperature`` (which then carries the
+  features' scale); with ``readout="topk", top_k=1`` it reads out the nearest item, as a PatchCore bank does.
 
 Initialisation: items start small and random (``init="random"``, MemAE's default), with
 ``init="features"`` as a random sample of the encoder's first training queries, or with ``init="coreset"`` as a
@@ -42,7 +44,7 @@ from torch import nn
 from .coreset import greedy_coreset
 from .precision import float32_region
 
-ADDRESSING = ("cosine", "dot")
+ADDRESSING = ("cosine", "dot", "euclidean")
 INITS = ("random", "features", "coreset")
 READOUTS = ("soft", "topk")
 UPDATES = ("gradient", "ema", "frozen")
@@ -147,8 +149,10 @@ class MemoryModule(nn.Module):
         items = self.items if items is None else items
         if self.addressing == "cosine":
             logits = F.normalize(queries, dim=-1) @ F.normalize(items, dim=-1).t()
-        else:
+        elif self.addressing == "dot":
             logits = queries @ items.t()
+        else:  # the nearest item by squared distance has the largest logit, as in a PatchCore bank
+            logits = 2 * queries @ items.t() - queries.square().sum(-1, keepdim=True) - items.square().sum(-1)
         return torch.softmax(logits.float() / self.temperature, dim=-1).to(queries.dtype)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
