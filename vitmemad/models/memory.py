@@ -92,17 +92,17 @@ class MemoryModule(nn.Module):
         ema_decay: float = 0.99,
     ) -> None:
         super().__init__()
-        for key, value, choices in (("init", init, INITS), ("readout", readout, READOUTS), ("update", update, UPDATES)):
+        options = (("init", init, INITS), ("addressing", addressing, ADDRESSING), ("readout", readout, READOUTS),
+                   ("update", update, UPDATES))
+        for key, value, choices in options:
             if value not in choices:
                 raise ValueError(f"memory.{key} must be one of {choices}, got {value!r}")
+        if size < 1:
+            raise ValueError(f"memory.size must be >= 1, got {size}")
         if not 1 <= top_k <= size:
             raise ValueError(f"memory.top_k must be in [1, memory.size={size}], got {top_k}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"memory.ema_decay must be in [0, 1), got {ema_decay}")
-        if addressing not in ADDRESSING:
-            raise ValueError(f"memory.addressing must be one of {ADDRESSING}, got {addressing!r}")
-        if size < 1:
-            raise ValueError(f"memory.size must be >= 1, got {size}")
         num_items = int(size)
         if temperature <= 0:
             raise ValueError(f"memory.temperature must be > 0, got {temperature}")
