@@ -67,15 +67,19 @@ def map_variants(module, items: list, source: str, sigmas: list[float], precisio
 
 @torch.no_grad()
 def readout_maps(module, items: list, precision: str) -> list[torch.Tensor]:
-    """|z - z_hat|^2 per token of the memory, upsampled to the input size."""
-    net, maps = module.net, []
-    for item in items:
-        image = item["image"][None].float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=is_bf16(precision)):
-            z = net.encoder(image)
-            z_hat, _ = net.memory(z)
-        residual = (z.float() - z_hat.float()).pow(2).sum(1)
-        maps.append(resize_maps(residual, tuple(image.shape[-2:]))[0])
+    """|z - z_hat|^2 per position of the memory, upsampled to the input size; z and z_hat are caught on the memory
+    module in the model's own forward, so it works for every model with a memory (pixel or feature space)."""
+    net, maps, caught = module.net.eval(), [], {}
+    hook = net.memory.register_forward_hook(lambda _m, args, out: caught.update(z=args[0], z_hat=out[0]))
+    try:
+        for item in items:
+            image = item["image"][None].float()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=is_bf16(precision)):
+                net(image)
+            residual = (caught["z"].float() - caught["z_hat"].float()).pow(2).sum(1)
+            maps.append(resize_maps(residual, tuple(image.shape[-2:]))[0])
+    finally:
+        hook.remove()
     return maps
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_here
 
@@ -99,3 +100,19 @@ def test_image_scores_raw_max_is_select_maps_setting_and_the_variants_differ(run
     assert image_scores.main([run["ckpt_path"], "--readout"]) == 0
     (readout,) = map(json.loads, capsys.readouterr().out.splitlines())
     assert readout["map"] == "readout" and 0.0 <= readout["max"] <= 1.0
+
+
+def test_the_readout_map_is_the_memory_residual_of_the_models_own_forward(run):
+    """Caught on the memory module, so it holds for pixel and feature-space models alike."""
+    import image_scores
+    from vitmemad.inference import load_module
+
+    module = load_module(run["ckpt_path"])
+    size = module.run_config["data"]["image_size"]
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    (residual_map,) = image_scores.readout_maps(module, [{"image": image[0]}], "32-true")
+    with torch.no_grad():
+        z = module.net.encoder(image)
+        z_hat, _ = module.net.memory(z)
+    expected = image_scores.resize_maps((z - z_hat).pow(2).sum(1), (size, size))[0]
+    torch.testing.assert_close(residual_map, expected)
