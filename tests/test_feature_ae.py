@@ -82,6 +82,27 @@ def test_anomaly_map_is_the_feature_distance():
     assert not bool(model.stats_initialized)  # eval mode never sets the statistics
 
 
+def test_without_a_projection_the_nearest_item_is_a_bank_lookup_of_the_standardised_features():
+    """project=False, a frozen coreset and a top-1 euclidean read-out: each position's memory output is the
+    training feature nearest to it, as in a PatchCore bank of the same features."""
+    torch.manual_seed(0)
+    memory = MemoryModule(12, 152, addressing="euclidean", readout="topk", top_k=1, update="frozen", init="coreset")
+    model = FeatureMemAE(embed_dim=152, downsample=0, decoder_channels=[], project=False, memory=memory).eval()
+    train = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert model.initialize_memory(train, torch.Generator().manual_seed(0))
+    bank = memory.items.detach()
+    train_features = model.target_features(train).flatten(2).transpose(1, 2).reshape(-1, 152)
+    exact = {"compute_mode": "donot_use_mm_for_euclid_dist"}
+    assert (torch.cdist(bank, train_features, **exact).amin(1) < 1e-5).all()  # every item is a training feature
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    queries = model.target_features(x).flatten(2).transpose(1, 2)[0]
+    caught = {}
+    memory.register_forward_hook(lambda _m, args, out: caught.update(out=out[0]))
+    model(x)
+    nearest = torch.cdist(queries, bank, **exact).argmin(dim=1)
+    torch.testing.assert_close(caught["out"].flatten(2).transpose(1, 2)[0], bank[nearest])
+
+
 def test_memory_init_from_features_sets_the_statistics_first():
     torch.manual_seed(0)
     model = small_net()
@@ -97,6 +118,7 @@ def test_memory_init_from_features_sets_the_statistics_first():
     ({"embed_dim": 0}, "embed_dim"),
     ({"memory": MemoryModule(8, 32)}, "32 channels"),  # parts must work on embed_dim channels
     ({"coord_attention": CoordinateAttention(24, 8)}, "24 channels"),
+    ({"project": False}, "needs model.net.embed_dim=152"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

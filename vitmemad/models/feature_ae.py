@@ -5,7 +5,9 @@ Instead of pixels, the model reconstructs the frozen ImageNet EfficientNet-Lite0
 at S/8). Pipeline, mirroring ``ViTMemAE``::
 
     features f (B, C, S/8, S/8), standardised per channel
-      -> encoder: 1x1 conv to D, then ``downsample`` stride-2 3x3 convs (BatchNorm + ReLU)  (B, D, S/8/2^k, ...)
+      -> encoder: 1x1 conv to D, then ``downsample`` stride-2 3x3 convs (BatchNorm + ReLU)  (B, D, S/8/2^k, ...);
+         with ``project=False`` none: the memory reads the standardised backbone features themselves (D = C), as a
+         PatchCore bank does
       -> memory module (paper eqs. 7-10; optional)  -> coordinate attention (optional)
       -> decoder: ``downsample`` x2 transposed convs back to S/8, then a 1x1 conv to C channels
     anomaly map = per-position Euclidean distance ||f - f_hat|| (B, S/8, S/8); the module
@@ -45,6 +47,7 @@ class FeatureMemAE(nn.Module):
         coord_attention: CoordinateAttention | None = None,
         decoder_channels: Sequence[int] = (256,),
         image_size: int | None = None,
+        project: bool = True,
     ) -> None:
         super().__init__()
         if embed_dim < 1:
@@ -64,10 +67,14 @@ class FeatureMemAE(nn.Module):
             if image_size % scale:
                 raise ValueError(f"image_size must be a multiple of {scale} for vitmemad_feat "
                                  f"(feature stride {self.backbone.stride} x 2^downsample), got {image_size}")
-        layers = _conv_bn_relu(channels, embed_dim, 1, 1)
+        if not project and (embed_dim != channels or downsample):
+            raise ValueError(f"model.net.project=false reads the memory from the {channels} backbone channels at S/8: "
+                             f"it needs model.net.embed_dim={channels} and model.net.downsample=0, "
+                             f"got {embed_dim} and {downsample}")
+        layers = _conv_bn_relu(channels, embed_dim, 1, 1) if project else []
         for _ in range(downsample):
             layers += _conv_bn_relu(embed_dim, embed_dim, 3, 2)
-        self.encoder = nn.Sequential(*layers)
+        self.encoder = nn.Sequential(*layers)  # empty (the identity) without a projection
         check_widths(embed_dim, memory=memory, coord_attention=coord_attention)
         self.memory = memory
         self.coord_attention = coord_attention
