@@ -160,8 +160,8 @@ class MemoryModule(nn.Module):
         b, c, h, w = feature_map.shape
         with float32_region(feature_map) as (feature_map,):  # weights ~1/N: below bfloat16's resolution
             queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
-            # items updated in place (EMA) are read from a copy: backward still needs the values used here
-            items = self.items if self.update == "gradient" else self.items.detach().clone()
+            # EMA items change in place after this read-out while backward still needs the values used here: a copy
+            items = self.items.detach().clone() if self.update == "ema" and self.training else self.items
             weights = self.address(queries, items)
             if self.readout == "topk":
                 weights = keep_top_k(weights, self.top_k)
