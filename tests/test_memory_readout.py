@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.checkpoint import load_checkpoint
-from vitmemad.models import MemoryModule
+from vitmemad.models import MemoryModule, TransposedConvDecoder, ViTEncoder, ViTMemAE
+from vitmemad.models.loss import memory_feature_loss
 
 
 def memory(**kwargs) -> MemoryModule:
@@ -102,6 +103,23 @@ def test_frozen_items_stay_where_they_started_through_training_steps():
         opt.step()
     assert torch.equal(mem.items, before) and mem.items.grad is None
     assert encoder.weight.grad is not None and torch.count_nonzero(encoder.weight.grad) > 0
+
+
+def test_the_memory_loss_pulls_the_encoder_towards_its_items_through_a_straight_through_readout():
+    """The codebook + commitment term must see the plain read-out: through the straight-through path its codebook
+    part would push each query away from its item."""
+    torch.manual_seed(0)
+    net = ViTMemAE(ViTEncoder(image_size=32, patch_size=16, embed_dim=8, depth=1, num_heads=2),
+                   TransposedConvDecoder(8, [8, 4, 4, 4, 4], 16),
+                   memory=MemoryModule(6, 8, readout="topk", top_k=1, straight_through=True, update="ema",
+                                       addressing="euclidean", init="features")).train()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    net.initialize_memory(x)
+    out = net(x)
+    queries, readout = out["memory_queries"], out["memory_readout"]
+    (grad,) = torch.autograd.grad(memory_feature_loss(queries, readout, commitment=0.25), queries)
+    towards_items = readout.detach() - queries.detach()
+    assert (grad * towards_items).sum() < 0  # a descent step moves the queries onto their items
 
 
 @pytest.mark.parametrize("kwargs,key", [({"readout": "hard"}, "memory.readout"), ({"update": "sgd"}, "memory.update"),

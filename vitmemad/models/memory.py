@@ -156,7 +156,23 @@ class MemoryModule(nn.Module):
         return torch.softmax(logits.float() / self.temperature, dim=-1).to(queries.dtype)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (reconstructed feature map (B, C, H, W), weights (B, H*W, N))."""
+        """(B, C, H, W) -> (the decoder's input (B, C, H, W), weights (B, H*W, N)): the read-out, with
+        ``straight_through`` carrying the queries' gradient."""
+        readout, weights = self.read(feature_map)
+        return self.decoder_input(feature_map, readout), weights
+
+    def decoder_input(self, feature_map: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+        """The read-out's value; with ``straight_through`` the queries' gradient passes through it unchanged.
+
+        A loss on the read-out itself (the codebook term) must see ``readout``, not this: through the identity
+        path its gradient would push the queries away from their items."""
+        if not self.straight_through:
+            return readout
+        return readout + feature_map - feature_map.detach()
+
+    def read(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (read-out w M (B, C, H, W), weights (B, H*W, N)); in training also the usage and EMA
+        updates."""
         b, c, h, w = feature_map.shape
         with float32_region(feature_map) as (feature_map,):  # weights ~1/N: below bfloat16's resolution
             queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
@@ -168,8 +184,6 @@ class MemoryModule(nn.Module):
             elif self.shrink_threshold > 0:
                 weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
             out = weights @ items  # (B, HW, C), eq. 9
-            if self.straight_through:
-                out = out + queries - queries.detach()
         if self.training:
             with torch.no_grad():
                 share = weights.detach().float().reshape(-1, self.num_items).mean(dim=0)
