@@ -159,16 +159,18 @@ class MemoryModule(nn.Module):
         """(B, C, H, W) -> (the decoder's input (B, C, H, W), weights (B, H*W, N)): the read-out, with
         ``straight_through`` carrying the queries' gradient."""
         readout, weights = self.read(feature_map)
-        return self.decoder_input(feature_map, readout), weights
+        if self.straight_through:
+            readout = readout + feature_map - feature_map.detach()
+        return readout, weights
 
-    def decoder_input(self, feature_map: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
-        """The read-out's value; with ``straight_through`` the queries' gradient passes through it unchanged.
+    def plain_readout(self, feature_map: torch.Tensor, decoder_input: torch.Tensor) -> torch.Tensor:
+        """The read-out w M, with its own gradient only, from ``forward``'s output.
 
-        A loss on the read-out itself (the codebook term) must see ``readout``, not this: through the identity
-        path its gradient would push the queries away from their items."""
+        A loss on the read-out (the codebook term) must see this: through the straight-through path its gradient
+        would push the queries away from their items."""
         if not self.straight_through:
-            return readout
-        return readout + feature_map - feature_map.detach()
+            return decoder_input
+        return decoder_input - feature_map + feature_map.detach()
 
     def read(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (read-out w M (B, C, H, W), weights (B, H*W, N)); in training also the usage and EMA

@@ -53,8 +53,8 @@ class ViTMemAE(nn.Module):
         weights = queries = readout = None
         if self.memory is not None and not self.bypass_memory:
             queries = features
-            readout, weights = self.memory.read(queries)  # the memory's loss and statistics see the plain read-out
-            features = self.memory.decoder_input(queries, readout)
+            features, weights = self.memory(queries)
+            readout = self.memory.plain_readout(queries, features)  # what the memory's loss sees
         out = {"memory_weights": weights, "memory_queries": queries, "memory_readout": readout}
         if self.coord_attention is not None:
             features = self.coord_attention(features)
