@@ -15,6 +15,8 @@ from test_resume import RUN_ARGS
     ("model.optimizer.lr=-1", ["model.optimizer.lr=-1", "a positive number"]),
     ("threshold.image_quantile=2", ["threshold.image_quantile=2", "[0, 1]"]),
     ("trainer.max_epochs=0", ["trainer.max_epochs=0", "train nothing"]),
+    ("trainer.max_steps=0", ["trainer.max_steps=0", "optimizer steps"]),
+    ("trainer.max_epochs=-1", ["trainer.max_epochs=-1", "trainer.max_steps=N", "never end"]),
     ("data.val_fraction=0", ["test_ckpt=best", "data.val_fraction=0", "test_ckpt=last"]),
     ("test_ckpt=worst", ["test_ckpt='worst'", "best, last or null"]),
     ("num_threads=0", ["num_threads=0"]),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -33,7 +34,8 @@ def demo_datamodule(data_cfg: dict) -> DemoDataModule:
 
 def configure_optimizers(module, steps: int = 5, epochs: int = 1):
     """``configure_optimizers`` as the trainer calls it (it reads the step and epoch counts from the trainer)."""
-    module._trainer = SimpleNamespace(estimated_stepping_batches=steps, max_epochs=epochs)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=steps, max_epochs=epochs, max_steps=-1,
+                                      num_training_batches=steps // epochs, accumulate_grad_batches=1)
     try:
         return module.configure_optimizers()
     finally:
@@ -129,11 +131,11 @@ def test_warmup_cosine_schedule_rises_linearly_then_decays_to_its_floor():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     assert sched.state_dict()["lr_lambdas"][0] == vars(schedule)
     # model.scheduler: the per-step factor over the run's steps, warm-up epochs converted to steps
-    built = warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=1, cosine=True)
+    built = warmup_cosine(opt, total_steps=20, steps_per_epoch=4, warmup_epochs=1, cosine=True)
     assert vars(built.lr_lambdas[0]) == vars(schedule)
-    assert warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=0, cosine=False) is None  # constant lr
+    assert warmup_cosine(opt, total_steps=20, steps_per_epoch=4, warmup_epochs=0, cosine=False) is None  # constant lr
     with pytest.raises(ValueError, match="warmup_epochs"):
-        warmup_cosine(opt, total_steps=20, max_epochs=5, warmup_epochs=-1)
+        warmup_cosine(opt, total_steps=20, steps_per_epoch=4, warmup_epochs=-1)
 
 
 @pytest.mark.parametrize("model", ["vitmemad_cpu", pytest.param("cae", marks=pytest.mark.slow)])
@@ -174,3 +176,21 @@ def test_train_then_eval_round_trip(tmp_path, model):
     assert evaluated["curves"]["image_roc"]["threshold"] == pytest.approx(trained["curves"]["image_roc"]["threshold"])
     assert (run_dir / "curves.png").is_file() and (eval_dir / "curves.png").is_file()
     assert evaluated["train_seconds"] is None and evaluated["model"] == model
+
+
+def test_a_budget_in_steps_sets_the_schedule_and_the_memory_warm_up_from_the_epochs_it_allows(tmp_path):
+    """``trainer.max_steps`` ending a run before ``max_epochs``: warm-ups are converted with the run's real steps
+    per epoch, and the memory still starts before the run ends."""
+    run_here("vitmemad.train", *TINY_DEMO, "trainer.max_epochs=-1", "trainer.max_steps=7",
+             "model.scheduler.warmup_epochs=1", "callbacks.memory_training.warmup_epochs=2", "num_threads=1",
+             f"hydra.run.dir={tmp_path}")
+    n_train = int(re.search(r"(\d+) train, ", (tmp_path / "train.log").read_text()).group(1))
+    per_epoch = n_train // 8  # debug=smoke's batch, incomplete batches dropped
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 7
+    schedule = ckpt["lr_schedulers"][0]["lr_lambdas"][0]
+    assert (schedule["warmup_steps"], schedule["total_steps"]) == (per_epoch, 7)
+    assert math.ceil(7 / per_epoch) >= 4  # epochs enough that the memory warm-up (at most half of them) is whole
+    assert bool(ckpt["state_dict"]["net.memory.initialized"])
+    best = [p.name for p in (tmp_path / "checkpoints").glob("best-epoch*.ckpt")]
+    assert best and all(int(name[len("best-epoch"):-len(".ckpt")]) >= 2 for name in best), best  # warm-up excluded

@@ -60,6 +60,8 @@ TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("num_threads", optional(positive_int), "a positive integer or null"),
     ("trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1),
      "a positive integer (or -1 for no limit); 0 would train nothing and test an untrained model"),
+    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1),
+     "a positive number of optimizer steps (or -1: trainer.max_epochs alone ends the run)"),
     ("data.image_size", positive_int, "a positive integer"),
     ("model.optimizer.lr", positive, "a positive number"),
     ("model.optimizer.weight_decay", non_negative, "a number >= 0"),
@@ -136,6 +138,8 @@ def check_train(cfg: DictConfig, resume: str | None) -> None:
             "test_ckpt=best needs validation images to pick the best epoch, but data.val_fraction=0: "
             "use test_ckpt=last, or data.val_fraction > 0"
         )
+    if select(cfg, "trainer.max_epochs") == -1 and select(cfg, "trainer.max_steps") in (-1, None, _ABSENT):
+        raise ConfigError("trainer.max_epochs=-1 needs a budget in steps, trainer.max_steps=N: the run would never end")
     if resume is not None:
         check_resume(select(cfg, "trainer.max_epochs"), resume)
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from vitmemad.models.memory_stats import MemoryUsageHook
+from vitmemad.models.schedule import planned_epochs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class MemoryTraining(L.Callback):
         self.seed = int(seed or 0)
 
     def warmup_epochs_for(self, trainer: L.Trainer) -> int:
-        return min(self.warmup_epochs, max(0, int(trainer.max_epochs or 0) // 2))
+        return min(self.warmup_epochs, max(0, int(planned_epochs(trainer) or 0) // 2))
 
     def _bypass(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module.net, "memory", None) is not None:
@@ -83,7 +84,8 @@ class MemoryTraining(L.Callback):
         step = trainer.global_step
         if memory is None or self.restart_every <= 0 or (step + 1) % self.restart_every or pl_module.net.bypass_memory:
             return
-        if trainer.max_epochs and pl_module.current_epoch >= 0.8 * trainer.max_epochs:
+        epochs = planned_epochs(trainer)
+        if epochs and pl_module.current_epoch >= 0.8 * epochs:
             return
         generator = torch.Generator().manual_seed(self.seed + step)
         restarted = memory.restart_dead_items(self.restart_min_share, generator)

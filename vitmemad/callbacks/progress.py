@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 
 from vitmemad.errors import ConfigError
+from vitmemad.models.schedule import planned_epochs
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ class LogProgress(L.Callback):
         self._start_epoch = self._last_epoch = self._reported_epoch = trainer.current_epoch
 
     def _total(self, trainer: L.Trainer) -> int | None:
-        total = trainer.max_epochs
-        return total if total is not None and total > 0 else None
+        return planned_epochs(trainer)
 
     def _timing(self, trainer: L.Trainer, done: float) -> str:
         """Elapsed time, and the ETA from this run's mean time per epoch (``done`` epochs, fractions allowed)."""

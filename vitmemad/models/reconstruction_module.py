@@ -15,6 +15,7 @@ from torch import nn
 from .anomaly_map import AnomalyMapGenerator
 from .loss import ReconstructionLoss
 from .module import AnomalyModule
+from .schedule import planned_epochs, steps_per_epoch
 
 
 class ReconstructionModule(AnomalyModule):
@@ -54,9 +55,11 @@ class ReconstructionModule(AnomalyModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=self.trainer.estimated_stepping_batches, max_epochs=self.trainer.max_epochs
-        )
+        total = self.trainer.estimated_stepping_batches
+        if steps_per_epoch(self.trainer) is None:  # with max_epochs=-1 Lightning answers from max_steps alone
+            self.trainer.fit_loop.setup_data()
+        per_epoch = steps_per_epoch(self.trainer) or total / max(1, planned_epochs(self.trainer) or 1)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,7 +3,27 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import torch
+
+
+def steps_per_epoch(trainer: L.Trainer) -> float | None:
+    """Optimizer steps per training epoch, or None before the training data is known."""
+    batches = trainer.num_training_batches
+    if not batches or math.isinf(batches):
+        return None
+    return batches / max(1, trainer.accumulate_grad_batches)
+
+
+def planned_epochs(trainer: L.Trainer) -> int | None:
+    """The epochs this run trains: ``trainer.max_epochs``, or fewer where ``trainer.max_steps`` ends it first (a
+    budget stated in steps); None when neither bounds it."""
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    per_epoch = steps_per_epoch(trainer)
+    if trainer.max_steps and trainer.max_steps > 0 and per_epoch:
+        by_steps = math.ceil(trainer.max_steps / per_epoch)
+        epochs = by_steps if epochs is None else min(epochs, by_steps)
+    return epochs
 
 
 class WarmupCosine:
@@ -30,7 +50,7 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     *,
     total_steps: int,
-    max_epochs: int,
+    steps_per_epoch: float,
     warmup_epochs: float = 0.0,
     cosine: bool = True,
     final: float = 0.01,
@@ -41,6 +61,5 @@ def warmup_cosine(
     if not cosine and warmup_epochs <= 0:
         return None
     total_steps = max(1, int(total_steps))
-    steps_per_epoch = total_steps / max(1, int(max_epochs or 1))
     factor = WarmupCosine(int(round(warmup_epochs * steps_per_epoch)), total_steps, cosine, final)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
