@@ -192,3 +192,20 @@ def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(compose_cfg, mode
         assert cfg.data.image_size == base.data.image_size == 128
     else:
         assert "memory" not in cfg.model.net and cfg.model.net._target_ == "vitmemad.models.ConvAutoencoder"
+
+
+def test_cpu_real_vq_is_cpu_real_with_a_nearest_item_memory_only(compose_cfg):
+    """`experiment=cpu_real_vq` changes the memory, its restarts and the commitment weight, and nothing else."""
+    vq, base = compose_cfg("experiment=cpu_real_vq"), compose_cfg("experiment=cpu_real")
+    memory = vq.model.net.memory
+    assert tuple(memory[k] for k in ("addressing", "readout", "top_k", "update", "init")) == (
+        "euclidean", "topk", 1, "ema", "coreset")
+    assert memory.straight_through is True and memory.size == base.model.net.memory.size == 400
+    assert (vq.callbacks.memory_training.restart_every, vq.loss.lambda_mem) == (50, 0.2)
+    def rest(cfg):  # everything but what cpu_real_vq sets (and Hydra's own record of the choices)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        for node, key in ((plain["model"]["net"], "memory"), (plain["callbacks"], "memory_training"),
+                          (plain, "loss"), (plain, "hydra")):
+            node.pop(key)
+        return plain
+    assert rest(vq) == rest(base)
