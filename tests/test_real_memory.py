@@ -27,8 +27,8 @@ MEMORY_LOSS = ("loss.lambda_mem=1", "callbacks.memory_training.restart_every=50"
 
 def tire_run(tmp_path, tire_root, name: str, *overrides: str, experiment: str = "cpu_real") -> tuple[dict, str]:
     run_dir = tmp_path / name
-    run_module("vitmemad.train", f"experiment={experiment}", "data=mvtec", f"data.root={tire_root}", "data.category=tire",
-               "seed=0", *SHORT, *overrides, f"hydra.run.dir={run_dir}", timeout=3600)
+    run_module("vitmemad.train", f"experiment={experiment}", "data=mvtec", f"data.root={tire_root}",
+               "data.category=tire", "seed=0", *SHORT, *overrides, f"hydra.run.dir={run_dir}", timeout=3600)
     return read_metrics(run_dir), (run_dir / "train.log").read_text()
 
 
