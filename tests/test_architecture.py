@@ -24,12 +24,19 @@ PINNED = {
     "cae": (0.6944444444444444, 0.7784253520062742, 0.6569310085188121),
     "patchcore": (1.0, 0.7251240178320754, 0.4878495273560604),
 }
+# Training rounds differently on different CPUs (kernel choice by vector width and vendor), so a model trained
+# today matches the pins to ~1e-4, not bit for bit: an AVX2-only CPU and an AVX512 AMD EPYC gave pixel AUROC
+# and PRO within 1.2e-4 of them, image AUROC (steps of 1/36 here) the same. They move
+# by far more when the build changes (initialisation, layers, data order); a 1 % change of the learning rate moved
+# them by only 2e-5 at this size, so the test guards the build, not the hyperparameters. Evaluating the fixtures,
+# which involves no training, stays exact.
+TRAINING_ATOL = 5e-4
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 
 
-def _assert_pinned(record: dict, model: str) -> None:
+def _assert_pinned(record: dict, model: str, atol: float = 1e-6) -> None:
     got = tuple(record[k] for k in METRICS)
-    assert np.allclose(got, PINNED[model], rtol=0, atol=1e-6), (model, got, PINNED[model])
+    assert np.allclose(got, PINNED[model], rtol=0, atol=atol), (model, got, PINNED[model])
 
 
 @pytest.mark.parametrize("model", sorted(PINNED))
@@ -37,7 +44,7 @@ def test_training_gives_the_pinned_metrics(tmp_path, model):
     run_here("vitmemad.train", f"model={model}", *TINY_DEMO, "seed=0", "num_threads=1",
              f"hydra.run.dir={tmp_path}")
     record = read_metrics(tmp_path)
-    _assert_pinned(record, model)
+    _assert_pinned(record, model, atol=TRAINING_ATOL)
     assert record["ablation"] == ("m_ca" if model == "vitmemad_cpu" else None)
     assert record["debug"] == "smoke"
 

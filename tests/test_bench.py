@@ -10,6 +10,7 @@ import torch
 
 from helpers import REPO_ROOT, run_here
 from vitmemad.bench.step_profile import CATEGORIES, assign, categorize
+from vitmemad.trainer_precision import cpu_bf16_supported
 
 
 def test_help_lists_examples_and_bad_values_are_refused(tmp_path):
@@ -33,6 +34,7 @@ def test_a_tiny_run_records_fp32_and_bf16_figures_against_both_peaks(tmp_path):
     assert len(mm["gflops_measured"]) == len(mm["bf16_gflops_measured"]) == 3  # start, the preset's rounds, end
     assert mm["gflops"] == max(mm["gflops_measured"]) > 0 and mm["bf16_gflops"] == max(mm["bf16_gflops_measured"])
     assert mm["bf16_over_fp32"] == pytest.approx(mm["bf16_gflops"] / mm["gflops"])
+    assert (mm["n"], mm["bf16_n"]) == (2048, 2048 if cpu_bf16_supported() else 256)  # emulated bf16: smaller
 
     real = r["vitmemad_real"]
     assert "error" not in real, real.get("error")

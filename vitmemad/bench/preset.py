@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .measure import child_env, count_flops, gflops_of_matmul, interleaved_best, matmul_callables, reset_peak_rss, \
-    rss_mib
+from .measure import bf16_matmul_n, child_env, count_flops, gflops_of_matmul, interleaved_best, matmul_callables, \
+    reset_peak_rss, rss_mib
 from .variants import Variant, compile_figures, fused_attention_report, loss_terms, nchw_decoder, preset_config, \
     preset_module
 
@@ -99,7 +99,8 @@ def preset_figures(model: str, batch: int, rounds: int, threads: int, compile_mo
     fwd = interleaved_best({**{k: v.forward for k, v in variants.items()}, **mm}, rounds + 1)
     infer = interleaved_best({"m_ca": full.infer, "m_ca_bf16": full16.infer, "base": base.infer}, rounds + 1)
     out["matmul_gflops_in_rounds"] = gflops_of_matmul(min(train["matmul"], fwd["matmul"]))
-    out["matmul_bf16_gflops_in_rounds"] = gflops_of_matmul(min(train["matmul_bf16"], fwd["matmul_bf16"]))
+    out["matmul_bf16_gflops_in_rounds"] = gflops_of_matmul(min(train["matmul_bf16"], fwd["matmul_bf16"]),
+                                                           bf16_matmul_n())
     out["train_step_s"] = {k: v for k, v in train.items() if k not in mm}
     out["forward_s"] = {k: v for k, v in fwd.items() if k not in mm}
     out["infer_s"] = infer

@@ -88,8 +88,10 @@ def print_summary(r: dict[str, Any]) -> None:
         print(f"contention probe ({when}): {p['threads']} threads {p['speedup']:.2f}x one thread"
               + (" -> CONTENDED: other jobs hold the cores; absolute figures are low" if p["contended"] else ""))
     mm = r["matmul"]
+    bf16_n = mm.get("bf16_n", MATMUL_N)
+    bf16_size = "" if bf16_n == MATMUL_N else f" (at {bf16_n}^2: emulated, no avx512_bf16 or AMX)"
     print(f"matmul {MATMUL_N}^2 ({r['machine']['threads']} threads): fp32 {mm['gflops']:.1f} GFLOP/s, bf16 "
-          f"{mm['bf16_gflops']:.1f} GFLOP/s ({mm['bf16_over_fp32']:.2f}x), best of "
+          f"{mm['bf16_gflops']:.1f} GFLOP/s{bf16_size} ({mm['bf16_over_fp32']:.2f}x), best of "
           f"{', '.join(f'{g:.0f}' for g in mm['gflops_measured'])} / "
           f"{', '.join(f'{g:.0f}' for g in mm['bf16_gflops_measured'])}")
     for model in ("vitmemad_cpu", "vitmemad_paper", "vitmemad_real"):

@@ -11,7 +11,7 @@ import torch
 
 from vitmemad.trainer_precision import cpu_bf16_features
 
-from .measure import MATMUL_N, contention_probe, matmul_rates
+from .measure import MATMUL_N, bf16_matmul_n, contention_probe, matmul_rates
 from .preset import run_child
 from .report import bf16_summary, targets
 from .variants import PRESETS
@@ -96,7 +96,7 @@ def run(quick: bool = False, compile_cpu: bool = True, compile_paper: bool = Fal
         results["inference"] = benchmark_inference("vitmemad_cpu", batch_size=8, rounds=3 if quick else 10,
                                                    threads=threads)
     rates.append(matmul_rates())
-    results["matmul"] = {"n": MATMUL_N, "gflops_measured": [r["fp32"] for r in rates],
+    results["matmul"] = {"n": MATMUL_N, "bf16_n": bf16_matmul_n(), "gflops_measured": [r["fp32"] for r in rates],
                          "gflops": max(r["fp32"] for r in rates),
                          "bf16_gflops_measured": [r["bf16"] for r in rates],
                          "bf16_gflops": max(r["bf16"] for r in rates)}
