@@ -25,11 +25,11 @@ PINNED = {
     "patchcore": (1.0, 0.7251240178320754, 0.4878495273560604),
 }
 # Training rounds differently on different CPUs (kernel choice by vector width and vendor), so a model trained
-# today matches the pins to ~1e-4, not bit for bit: an AVX2-only CPU and an AVX512 AMD EPYC gave pixel AUROC
-# and PRO within 1.2e-4 of them, image AUROC (steps of 1/36 here) the same. They move
-# by far more when the build changes (initialisation, layers, data order); a 1 % change of the learning rate moved
-# them by only 2e-5 at this size, so the test guards the build, not the hyperparameters. Evaluating the fixtures,
-# which involves no training, stays exact.
+# today matches the pins to ~1e-4, not bit for bit: an AVX2-only CPU and an AVX512 AMD EPYC gave pixel AUROC and
+# PRO within 1.2e-4 of them, image AUROC (steps of 1/36 here) the same. They move by far more when the build
+# changes (initialisation, layers, data order); a 1 % change of the learning rate moved them by only 2e-5 at this
+# size, so the test guards the build, not the hyperparameters. Evaluating the fixtures, which involves no
+# training, stays exact.
 TRAINING_ATOL = 5e-4
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
 

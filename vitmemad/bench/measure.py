@@ -108,13 +108,13 @@ def contention_probe(threads: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the matmul yardsticks
-def matmul_callables(n: int = MATMUL_N, n_bf16: int | None = None) -> dict[str, Callable[[], Any]]:
-    """Dense square matmuls, one per precision: fp32 tensors (n), and bf16 tensors (``n_bf16``, by default
-    ``bf16_matmul_n()``: the bf16 limit, what autocast's matmuls reach at best, without the casts of their fp32
-    inputs). Keys ``matmul`` and ``matmul_bf16``."""
+def matmul_callables(n: int = MATMUL_N) -> dict[str, Callable[[], Any]]:
+    """Dense square matmuls, one per precision: fp32 tensors (n x n), and bf16 tensors (``bf16_matmul_n()``
+    square: the bf16 limit, what autocast's matmuls reach at best, without the casts of their fp32 inputs).
+    Keys ``matmul`` and ``matmul_bf16``."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    m = n_bf16 or bf16_matmul_n()
-    a16, b16 = torch.randn(m, m).bfloat16(), torch.randn(m, m).bfloat16()
+    m = bf16_matmul_n()
+    a16, b16 = a[:m, :m].bfloat16(), b[:m, :m].bfloat16()
     a @ b, a16 @ b16  # warm-up (oneDNN primitives)
     return {"matmul": lambda: a @ b, "matmul_bf16": lambda: a16 @ b16}
 
@@ -125,9 +125,9 @@ def gflops_of_matmul(seconds: float, n: int = MATMUL_N) -> float:
 
 def matmul_rates(n: int = MATMUL_N, rounds: int = 5) -> dict[str, float]:
     """GFLOP/s of the fp32 and the bf16 matmul, timed in interleaved rounds (best of each)."""
-    n_bf16 = bf16_matmul_n()
-    best = interleaved_best(matmul_callables(n, n_bf16), rounds)
-    return {"fp32": gflops_of_matmul(best["matmul"], n), "bf16": gflops_of_matmul(best["matmul_bf16"], n_bf16)}
+    best = interleaved_best(matmul_callables(n), rounds)
+    return {"fp32": gflops_of_matmul(best["matmul"], n),
+            "bf16": gflops_of_matmul(best["matmul_bf16"], bf16_matmul_n())}
 
 
 # ------------------------------------------------------------------ where the source tree and its data are
