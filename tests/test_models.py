@@ -220,6 +220,20 @@ def test_ssim_map_is_one_for_identical_images():
     torch.testing.assert_close(ssim_map(x, x), torch.ones(1, 3, 24, 24), atol=1e-4, rtol=0)
 
 
+def test_ssim_map_in_training_is_kornias_ssim_on_any_layout():
+    """The loss runs SSIM channels-last for speed; its values and gradient are kornia's NCHW ones."""
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    base = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    reference = base.clone().requires_grad_()
+    expected = kornia.metrics.ssim(x, reference, 11, max_val=2.0, padding="same")
+    (expected_grad,) = torch.autograd.grad(expected.mean(), reference)
+    for layout in (torch.contiguous_format, torch.channels_last):  # the decoder's output is channels-last
+        y = base.contiguous(memory_format=layout).requires_grad_()
+        got = ssim_map(x, y)
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+        (grad,) = torch.autograd.grad(got.mean(), y)
+        torch.testing.assert_close(grad, expected_grad, atol=1e-9, rtol=1e-5)
+
 def test_memory_feature_initialisation_samples_queries_once():
     model = vit(memory_size=10, memory_init="features")
     assert not bool(model.memory.initialized)
