@@ -16,7 +16,8 @@ Both train runs of a pair are the same config except ``trainer.precision``.
 Resumable: a finished run (metrics.json) is skipped, an interrupted one resumed from its last.ckpt, so the
 same command continues where a stopped one ended. Run folders: ``<out>/<category>-<precision>-s<seed>``.
 To use both cores, start two invocations with ``--threads 1`` on disjoint ``--seeds``/``--precisions``, then run
-the full command once more: it skips every finished run and writes ``accuracy.json`` over all of them.
+the full command once more: it skips every finished run and writes ``accuracy.json`` over all of them (a partial
+invocation writes ``accuracy-<categories>-s<seeds>-<precisions>.json`` instead).
 """
 from __future__ import annotations
 
@@ -124,9 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                              "train_seconds": record["train_seconds"], "test": {m: record[m] for m in METRICS},
                              "val": validation_half(record)})
     result = {"runs": rows, "summary": summarize(rows)}
-    (args.out / "accuracy.json").write_text(json.dumps(result, indent=1))
+    out = args.out / accuracy_file(args.seeds, args.precisions, list(categories), args.out / "accuracy.json")
+    out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
+    print(f"wrote {out}")
     return 0
+
+
+def accuracy_file(seeds: list[int], precisions: list[str], categories: list[str], full: Path | None = None) -> str:
+    """``accuracy.json`` for both precisions over seeds 0-2; a partial invocation (one core's share, an interim
+    verdict, fewer categories than an existing ``full`` file holds) writes a file named after what it covers, so
+    that it never replaces the full comparison."""
+    covered = set(json.loads(full.read_text())["summary"]) if full is not None and full.is_file() else set()
+    if sorted(seeds) == [0, 1, 2] and sorted(precisions) == sorted(PRECISIONS) and covered <= set(categories):
+        return "accuracy.json"
+    return f"accuracy-{'-'.join(categories)}-s{''.join(map(str, sorted(seeds)))}-{'-'.join(precisions)}.json"
 
 
 if __name__ == "__main__":

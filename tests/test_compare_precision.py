@@ -43,3 +43,22 @@ def test_a_difference_beyond_the_allowance_is_not_equal_and_a_missing_precision_
 def test_bad_roots_are_refused_in_one_line():
     with pytest.raises(SystemExit, match="--root takes CATEGORY=DATASET_ROOT"):
         compare_precision.roots(["bottle"])
+
+
+def test_a_partial_invocation_never_replaces_the_full_comparison():
+    both = list(compare_precision.PRECISIONS)
+    assert compare_precision.accuracy_file([2, 0, 1], both[::-1], ["bottle", "tire"]) == "accuracy.json"
+    names = {compare_precision.accuracy_file([0, 1], both, ["tire"]),
+             compare_precision.accuracy_file([0, 1, 2], ["bf16-mixed"], ["bottle"]),
+             compare_precision.accuracy_file([2], ["32-true"], ["bottle"])}
+    assert names == {"accuracy-tire-s01-32-true-bf16-mixed.json", "accuracy-bottle-s012-bf16-mixed.json",
+                     "accuracy-bottle-s2-32-true.json"}
+
+
+def test_fewer_categories_than_the_full_file_holds_get_their_own_file(tmp_path):
+    both = list(compare_precision.PRECISIONS)
+    full = tmp_path / "accuracy.json"
+    full.write_text('{"runs": [], "summary": {"bottle": {}, "tire": {}}}')
+    assert compare_precision.accuracy_file([0, 1, 2], both, ["bottle"], full) == \
+        "accuracy-bottle-s012-32-true-bf16-mixed.json"
+    assert compare_precision.accuracy_file([0, 1, 2], both, ["tire", "bottle"], full) == "accuracy.json"
