@@ -234,6 +234,7 @@ def test_ssim_map_in_training_is_kornias_ssim_on_any_layout():
         (grad,) = torch.autograd.grad(got.mean(), y)
         torch.testing.assert_close(grad, expected_grad, atol=1e-9, rtol=1e-5)
 
+
 def test_memory_feature_initialisation_samples_queries_once():
     model = vit(memory_size=10, memory_init="features")
     assert not bool(model.memory.initialized)
