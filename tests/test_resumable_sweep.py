@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import TINY_DEMO, read_metrics, run_here
-from vitmemad.run_dir import finished_run, resume_path
+from vitmemad.run_dir import RunDirError, check_same_run, config_differences, finished_run, resume_path
 
 
 def test_auto_skips_finished_resumes_interrupted_and_starts_new(tmp_path):
@@ -41,3 +43,38 @@ def test_a_rerun_sweep_skips_finished_jobs_and_resumes_an_interrupted_one(tmp_pa
     assert resumed["seed"] == 1 and resumed["image_AUROC"] == json.loads(before[interrupted])["image_AUROC"]
     assert json.loads((interrupted / "status.json").read_text())["state"] == "finished"
     assert f"resuming from {interrupted / 'checkpoints' / 'last.ckpt'}" in (interrupted / "train.log").read_text()
+
+
+def test_config_differences_name_the_keys_both_runs_have_and_ignore_new_keys():
+    recorded = {"seed": 0, "model": {"net": {"memory": {"size": 400, "top_k": 1}}}, "num_threads": 1,
+                "data": {"category": "tire", "root": "/a"}}
+    current = {"seed": 0, "model": {"net": {"memory": {"size": 1000, "top_k": 1, "new_key": 3}}}, "num_threads": 2,
+               "data": {"category": "tire", "root": "/b"}}
+    assert config_differences(recorded, current) == ["model.net.memory.size: 400 != 1000"]
+    assert config_differences(recorded, recorded) == []
+    assert config_differences({"trainer": {"max_epochs": 150}}, {"trainer": {"max_epochs": 200}}) == [
+        "trainer.max_epochs: 150 != 200"]
+
+
+def test_auto_refuses_to_skip_or_resume_a_run_of_another_configuration(tmp_path):
+    run = tmp_path / "run"
+    command = (*TINY_DEMO, "num_threads=1", "ckpt_path=auto", f"hydra.run.dir={run}")
+    run_here("vitmemad.train", *command, cwd=tmp_path)
+    finished = (run / "metrics.json").read_bytes()
+
+    changed = run_here("vitmemad.train", *command, "loss.lambda_ssim=0.5", cwd=tmp_path, check=False)
+    out = changed.stdout + changed.stderr
+    assert changed.returncode == 2, out[-2000:]
+    assert "holds a finished run of another configuration (" in out and "lambda_ssim: 1.0 != 0.5" in out, out
+    assert (run / "metrics.json").read_bytes() == finished  # the finished run is left as it was
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert run_here("vitmemad.train", *command, "num_threads=2", cwd=tmp_path).returncode == 0  # threads: same run
+
+    (run / "metrics.json").unlink()  # as if interrupted: an unfinished run of seed 0
+    other_seed = run_here("vitmemad.train", *command, "seed=1", cwd=tmp_path, check=False)
+    assert other_seed.returncode == 2
+    assert "holds an unfinished run of another configuration (seed: 0 != 1" in other_seed.stderr, other_seed.stderr
+    check_same_run("auto", run, {"trainer": {"max_epochs": 10_000}})  # an unfinished run may be resumed to more
+    (run / "metrics.json").write_bytes(finished)
+    with pytest.raises(RunDirError, match=r"trainer\.max_epochs: \d+ != 10000"):  # a finished one is another run
+        check_same_run("auto", run, {"trainer": {"max_epochs": 10_000}})

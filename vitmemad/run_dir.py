@@ -2,11 +2,14 @@
 
 ``ckpt_path``: unset/null starts a new run (refused where a run already is), ``last`` resumes, a path resumes
 from that checkpoint, and ``auto`` makes a command re-runnable (a sweep of many long jobs): a finished run is
-skipped, an interrupted one resumes from its ``last.ckpt``, and a new one starts.
+skipped, an interrupted one resumes from its ``last.ckpt``, and a new one starts. A sweep names its job folders
+by their overrides, so the same command after a change of preset (or of a default) would find the old runs under
+the same names: ``check_same_run`` refuses to skip or resume a run whose recorded configuration differs.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 from vitmemad.errors import VitmemadError
 
@@ -18,6 +21,13 @@ class RunDirError(VitmemadError, FileExistsError):
 
 
 AUTO = "auto"
+
+# The keys that make a run what it is; a run folder whose recorded run differs in one of them holds another run.
+# Where the data and outputs are, threads and loggers do not count. ``trainer.max_epochs`` counts for a finished
+# run only: an interrupted one may be resumed to more epochs (``config_check.check_resume``).
+RUN_IDENTITY = ("seed", "model", "loss", "corruption", "anomaly_map", "ablation", "callbacks.memory_training",
+                "data.name", "data.category", "data.image_size", "data.batch_size", "data.augment",
+                "data.val_fraction", "data.seed", "trainer.precision", "trainer.max_epochs")
 
 
 def finished_run(ckpt_path: str | None, output_dir: Path) -> bool:
@@ -51,3 +61,74 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     from vitmemad.checkpoint import check_file
 
     return str(check_file(ckpt_path))  # a folder lists the checkpoints inside it
+
+
+def recorded_config(output_dir: Path) -> dict[str, Any] | None:
+    """The run config stored in the newest checkpoint of ``output_dir`` (``last.ckpt`` first); None without one."""
+    folder = Path(output_dir) / "checkpoints"
+    newest_last = lambda p: (p.name == "last.ckpt", p.stat().st_mtime)  # noqa: E731
+    ckpts = sorted(folder.glob("*.ckpt"), key=newest_last) if folder.is_dir() else []
+    if not ckpts:
+        return None
+    from vitmemad import legacy
+    from vitmemad.checkpoint import read_checkpoint
+
+    cfg = (read_checkpoint(ckpts[-1], mmap=True).get("hyper_parameters") or {}).get("cfg")
+    if not isinstance(cfg, dict):
+        return None
+    return legacy.convert_config(cfg) if legacy.is_legacy(cfg) else cfg
+
+
+def _leaves(tree: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_leaves(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: tree}
+
+
+_MISSING = object()
+
+
+def _select(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], keys=RUN_IDENTITY) -> list[str]:
+    """``key: recorded != current`` for every leaf under ``keys`` that both configs have and that differs.
+
+    A key only one side has (added to the config since the run was made) does not count."""
+    diffs = []
+    for key in keys:
+        old, new = _select(recorded, key), _select(current, key)
+        if old is _MISSING or new is _MISSING:
+            continue
+        old_leaves, new_leaves = _leaves(old, key), _leaves(new, key)
+        diffs += [f"{k}: {old_leaves[k]!r} != {new_leaves[k]!r}" for k in old_leaves
+                  if k in new_leaves and old_leaves[k] != new_leaves[k]]
+    return diffs
+
+
+def check_same_run(ckpt_path: str | None, output_dir: Path, current: Mapping[str, Any]) -> None:
+    """``ckpt_path=auto`` skips or resumes what ``output_dir`` holds only if it is a run of ``current``'s config."""
+    if ckpt_path != AUTO:
+        return
+    recorded = recorded_config(output_dir)
+    if recorded is None:
+        return
+    finished = finished_run(ckpt_path, output_dir)
+    keys = RUN_IDENTITY if finished else tuple(k for k in RUN_IDENTITY if k != "trainer.max_epochs")
+    diffs = config_differences(recorded, current, keys)
+    if diffs:
+        shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+        raise RunDirError(
+            f"{output_dir} holds {'a finished' if finished else 'an unfinished'} run of another configuration "
+            f"({shown}); ckpt_path=auto will not {'skip' if finished else 'resume'} it as this job: choose another "
+            "hydra.sweep.dir (or hydra.run.dir), or move that run away"
+        )

@@ -21,7 +21,7 @@ from vitmemad.build import build_callbacks, build_datamodule, build_loggers, bui
 from vitmemad.callbacks import SaveRunConfig
 from vitmemad.callbacks.labelled_validation import check_optimized_metric
 from vitmemad.checkpoint import check_state_dict, load_checkpoint
-from vitmemad.run_dir import METRICS_FILE, finished_run, resume_path
+from vitmemad.run_dir import METRICS_FILE, check_same_run, finished_run, resume_path
 from vitmemad.utils import ddp_hydra, tensorboard_logging, wandb_logging
 from vitmemad.utils.checkpoint_io import AtomicCheckpointIO
 
@@ -30,11 +30,12 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    config.prepare(cfg, HydraConfig.get().overrides.task)
+    check_same_run(cfg.get("ckpt_path"), output_dir, pipeline.resolved_config(cfg))
     if finished_run(cfg.get("ckpt_path"), output_dir):
         log.info("%s holds a finished run: skipped (ckpt_path=auto)", output_dir)
         return {"optimized_metric": None, "metrics": json.loads((output_dir / METRICS_FILE).read_text())}
     resume = resume_path(cfg.get("ckpt_path"), output_dir)
-    config.prepare(cfg, HydraConfig.get().overrides.task)
     config_check.check_train(cfg, resume)  # one-line errors naming the key, before any data set-up
     check_optimized_metric(cfg.get("optimized_metric"), cfg.get("data"))
     L.seed_everything(cfg.seed, workers=True)
