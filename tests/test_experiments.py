@@ -186,7 +186,7 @@ def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(compose_cfg, mode
     assert cfg.model.corruption == cfg.corruption
     if model == "vitmemad_real":  # the CPU preset, deeper, with memory items scaled to the 8 x 8 token positions
         base = compose_cfg()
-        assert cfg.model.net.memory.size == 400 and base.model.net.memory.size == 100
+        assert cfg.model.net.memory.size == 1000 and base.model.net.memory.size == 100
         assert (cfg.model.net.encoder.depth, base.model.net.encoder.depth) == (8, 4)
         assert {**cfg.model.net.encoder, "depth": 4} == base.model.net.encoder
         assert cfg.data.image_size == base.data.image_size == 128
@@ -194,18 +194,42 @@ def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(compose_cfg, mode
         assert "memory" not in cfg.model.net and cfg.model.net._target_ == "vitmemad.models.ConvAutoencoder"
 
 
-def test_cpu_real_vq_is_cpu_real_with_a_nearest_item_memory_only(compose_cfg):
-    """`experiment=cpu_real_vq` changes the memory, its restarts and the commitment weight, and nothing else."""
-    vq, base = compose_cfg("experiment=cpu_real_vq"), compose_cfg("experiment=cpu_real")
-    memory = vq.model.net.memory
-    assert tuple(memory[k] for k in ("addressing", "readout", "top_k", "update", "init")) == (
-        "euclidean", "topk", 1, "ema", "coreset")
-    assert memory.straight_through is True and memory.size == base.model.net.memory.size == 400
-    assert (vq.callbacks.memory_training.restart_every, vq.loss.lambda_mem) == (50, 0.2)
-    def rest(cfg):  # everything but what cpu_real_vq sets (and Hydra's own record of the choices)
-        plain = OmegaConf.to_container(cfg, resolve=False)
-        for node, key in ((plain["model"]["net"], "memory"), (plain["callbacks"], "memory_training"),
-                          (plain, "loss"), (plain, "hydra")):
-            node.pop(key)
-        return plain
-    assert rest(vq) == rest(base)
+def _without_memory(cfg):
+    """The config but the memory, its restarts, the commitment weight and Hydra's own record of the choices."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for node, key in ((plain["model"]["net"], "memory"), (plain["callbacks"], "memory_training"),
+                      (plain, "loss"), (plain, "hydra")):
+        node.pop(key)
+    return plain
+
+
+def test_cpu_real_has_a_nearest_item_memory_and_its_variants_change_only_the_memory(compose_cfg):
+    """`experiment=cpu_real` reads each token out as its nearest of 1,000 EMA items; `cpu_real_vq` is the same
+    memory at 400 items, `cpu_real_paper_memory` the paper's soft memory (the preset before), and nothing else."""
+    variants = ("cpu_real", "cpu_real_vq", "cpu_real_paper_memory")
+    preset, vq400, paper = (compose_cfg(f"experiment={e}") for e in variants)
+    memory = preset.model.net.memory
+    assert tuple(memory[k] for k in ("addressing", "readout", "top_k", "update", "init", "size")) == (
+        "euclidean", "topk", 1, "ema", "coreset", 1000)
+    assert memory.straight_through is True
+    assert (preset.callbacks.memory_training.restart_every, preset.loss.lambda_mem) == (50, 0.2)
+    assert OmegaConf.to_container(vq400.model.net.memory) == {**OmegaConf.to_container(memory), "size": 400}
+    assert tuple(paper.model.net.memory[k] for k in ("addressing", "readout", "update", "init", "size")) == (
+        "cosine", "soft", "gradient", "features", 400)
+    assert paper.model.net.memory.straight_through is False
+    assert (paper.callbacks.memory_training.restart_every, paper.loss.lambda_mem) == (0, 0.0)
+    default_memory = compose_cfg().model.net.memory  # the paper's memory is the CPU preset's, with 400 items
+    assert OmegaConf.to_container(paper.model.net.memory) == {**OmegaConf.to_container(default_memory), "size": 400}
+    assert _without_memory(vq400) == _without_memory(preset) == _without_memory(paper)
+
+
+@pytest.mark.parametrize("experiment", ["cpu_real", "cpu_real_vq", "cpu_real_paper_memory"])
+def test_every_cpu_real_variant_gives_the_same_cae_baseline(compose_cfg, experiment):
+    """The memory belongs to the ViT's model config: `model=cae` gets none of it, whichever variant."""
+    cae = compose_cfg(f"experiment={experiment}", "model=cae")
+    assert "memory" not in cae.model.net and cae.loss.lambda_mem == 0.0
+    assert cae.callbacks.memory_training.restart_every == 0
+    reference = OmegaConf.to_container(compose_cfg("experiment=cpu_real", "model=cae"), resolve=False)
+    plain = OmegaConf.to_container(cae, resolve=False)
+    plain.pop("hydra"), reference.pop("hydra")
+    assert plain == reference

@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 def test_cpu_real_preset_detects_bottle_defects(tmp_path, mvtec_root):
     run_dir = tmp_path / "bottle"
-    # the experiment=cpu_real preset (8-block encoder, 400 memory items, batch 8, patch_swap corruption, L2 + SSIM map),
-    # shortened to 20 epochs
+    # the experiment=cpu_real preset (8-block encoder, 1,000 nearest-item memory items, batch 8, patch_swap
+    # corruption, L2 + SSIM map), shortened to 20 epochs
     run_module(
         "vitmemad.train", "experiment=cpu_real", "data=mvtec", f"data.root={mvtec_root}", "data.category=bottle",
         "model.image_size=128", "model.epochs=20", f"hydra.run.dir={run_dir}", timeout=1200,

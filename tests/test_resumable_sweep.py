@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import TINY_DEMO, read_metrics, run_here
 from vitmemad.run_dir import RunDirError, check_same_run, config_differences, finished_run, resume_path
@@ -78,3 +79,20 @@ def test_auto_refuses_to_skip_or_resume_a_run_of_another_configuration(tmp_path)
     (run / "metrics.json").write_bytes(finished)
     with pytest.raises(RunDirError, match=r"trainer\.max_epochs: \d+ != 10000"):  # a finished one is another run
         check_same_run("auto", run, {"trainer": {"max_epochs": 10_000}})
+
+
+def test_how_a_memory_is_trained_is_no_part_of_a_run_without_a_memory(tmp_path):
+    def run(memory, lambda_mem):
+        return {"model": {"net": {"memory": memory}, "loss": {"lambda_mem": lambda_mem}},
+                "loss": {"lambda_mem": lambda_mem}, "callbacks": {"memory_training": {"restart_every": 50 * (
+                    lambda_mem > 0)}}}
+    (tmp_path / "checkpoints").mkdir()
+    recorded = run(None, 0.0)
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": recorded}}, tmp_path / "checkpoints" / "last.ckpt")
+    check_same_run("auto", tmp_path, run(None, 0.2))  # ablation=base before and after the preset's memory changed
+    with pytest.raises(RunDirError, match=r"model\.net\.memory: None != \{'size': 400\}"):
+        check_same_run("auto", tmp_path, run({"size": 400}, 0.0))
+    recorded["model"]["net"]["memory"] = {"size": 400}
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": recorded}}, tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(RunDirError, match=r"lambda_mem: 0\.0 != 0\.2"):
+        check_same_run("auto", tmp_path, run({"size": 400}, 0.2))

@@ -28,6 +28,8 @@ AUTO = "auto"
 RUN_IDENTITY = ("seed", "model", "loss", "corruption", "anomaly_map", "ablation", "callbacks.memory_training",
                 "data.name", "data.category", "data.image_size", "data.batch_size", "data.augment",
                 "data.val_fraction", "data.seed", "trainer.precision", "trainer.max_epochs")
+# How a memory is trained: no part of a run without a memory (ablation=base|ca, the CAE).
+MEMORY_TRAINING = ("memory_training", "lambda_mem", "mem_commitment")
 
 
 def finished_run(ckpt_path: str | None, output_dir: Path) -> bool:
@@ -79,13 +81,10 @@ def recorded_config(output_dir: Path) -> dict[str, Any] | None:
     return legacy.convert_config(cfg) if legacy.is_legacy(cfg) else cfg
 
 
-def _leaves(tree: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_leaves(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: tree}
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):  # keys only one side has do not count
+        return [d for key in old if key in new for d in _differences(old[key], new[key], f"{prefix}.{key}")]
+    return [] if old == new else [f"{prefix}: {old!r} != {new!r}"]
 
 
 _MISSING = object()
@@ -109,9 +108,7 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], 
         old, new = _select(recorded, key), _select(current, key)
         if old is _MISSING or new is _MISSING:
             continue
-        old_leaves, new_leaves = _leaves(old, key), _leaves(new, key)
-        diffs += [f"{k}: {old_leaves[k]!r} != {new_leaves[k]!r}" for k in old_leaves
-                  if k in new_leaves and old_leaves[k] != new_leaves[k]]
+        diffs += _differences(old, new, key)
     return diffs
 
 
@@ -125,6 +122,8 @@ def check_same_run(ckpt_path: str | None, output_dir: Path, current: Mapping[str
     finished = finished_run(ckpt_path, output_dir)
     keys = RUN_IDENTITY if finished else tuple(k for k in RUN_IDENTITY if k != "trainer.max_epochs")
     diffs = config_differences(recorded, current, keys)
+    if not any(_select(cfg, "model.net.memory") not in (None, _MISSING) for cfg in (recorded, current)):
+        diffs = [d for d in diffs if not any(k in d.partition(":")[0] for k in MEMORY_TRAINING)]
     if diffs:
         shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise RunDirError(
