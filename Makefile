@@ -6,7 +6,7 @@ STAMP := $(VENV)/.vitmemad-installed
 # The CUDA build on local disk (no download); timm needs the matching torchvision.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all bench real-ablation clean
+.PHONY: install demo test test-all bench real-ablation real-results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ real-ablation: install
 	$(PY) -m vitmemad.train -m $(REAL_ARGS) model=cae hydra.sweep.dir=$(REAL_OUT)/cae
 	$(PY) -m vitmemad.train -m $(REAL_ARGS) model=mean_image hydra.sweep.dir=$(REAL_OUT)/mean_image
 	$(PY) experiments/report.py $(REAL_OUT)
+
+# Keep what the ablation measured: every finished run's metrics.json under $(REAL_OUT), copied into the repository's
+# results/real/$(CATEGORY) with the same folder names (checkpoints stay behind); then the report of those files.
+real-results: install
+	cd $(REAL_OUT) && find . -name metrics.json -exec install -D -m 644 {} $(CURDIR)/results/real/$(CATEGORY)/{} \;
+	$(PY) experiments/report.py results/real/$(CATEGORY) --out $(REAL_OUT)/report
 
 clean:
 	rm -rf outputs multirun bench .pytest_cache
