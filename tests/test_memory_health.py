@@ -41,6 +41,26 @@ def test_a_memory_whose_mass_sits_on_a_few_items_is_reported_collapsed():
         assert min(u for u in stats["usage"] if u > 0) >= USED_SHARE / n
 
 
+def test_validation_warns_when_the_memory_collapses_and_says_when_it_is_in_use_again(caplog):
+    """The restarts revive a memory that collapsed when it started: the log says so instead of leaving the warning
+    as the last word, and a second collapse warns again."""
+    from vitmemad.callbacks import MemoryDiagnostics
+
+    n, q = 400, 4000
+    few, all_items = MemoryUsage(n), MemoryUsage(n)
+    few.update(one_hot_weights(torch.zeros(q, dtype=torch.long), n))
+    all_items.update(one_hot_weights(torch.arange(q) % n, n))
+    collapsed, healthy = few.compute(), all_items.compute()
+    diagnostics = MemoryDiagnostics()
+    with caplog.at_level("WARNING", logger="vitmemad.callbacks.memory"):
+        for epoch, stats in enumerate((healthy, collapsed, collapsed, healthy, healthy, collapsed)):
+            diagnostics.report(stats, epoch)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "memory collapsed at epoch 1", "memory in use again at epoch 3", "memory collapsed at epoch 5"]
+    assert "only 0.2 % of the 400 items" in caplog.records[0].getMessage()
+    assert "100.0 % of the 400 items" in caplog.records[1].getMessage()
+
+
 def test_the_image_share_of_the_readout_sees_a_readout_that_is_the_same_for_every_image():
     """Every item in use and the read-out close to the features, yet one read-out for all images: the failure of
     the codebook loss on tire, where the encoder's features stopped depending on the image."""

@@ -102,7 +102,7 @@ class MemoryDiagnostics(L.Callback):
 
     def __init__(self) -> None:
         self._hook: MemoryUsageHook | None = None
-        self._warned = False
+        self._collapsed = False  # at the last validation
 
     def _start(self, pl_module: L.LightningModule) -> None:
         self._hook = MemoryUsageHook(pl_module.net)
@@ -123,11 +123,18 @@ class MemoryDiagnostics(L.Callback):
         for key in ("used_fraction", "mean_active_items", "feature_relative_error", "readout_image_share"):
             if stats.get(key) is not None:
                 pl_module.log(f"val/memory/{key}", float(stats[key]), on_epoch=True, rank_zero_only=True)
-        if stats["collapsed"] and not self._warned:
-            self._warned = True
+        self.report(stats, pl_module.current_epoch)
+
+    def report(self, stats: dict[str, Any], epoch: int) -> None:
+        """A warning when the memory collapses, a line when it comes back: restarts can revive the items of a
+        memory that collapsed when it started, and a warning left alone would read as the state of the run."""
+        if stats["collapsed"] and not self._collapsed:
             log.warning("memory collapsed at epoch %d: only %.1f %% of the %d items get >= 0.1/N of the addressing "
-                        "mass (the rest are unused)", pl_module.current_epoch, 100 * stats["used_fraction"],
-                        stats["num_items"])
+                        "mass (the rest are unused)", epoch, 100 * stats["used_fraction"], stats["num_items"])
+        elif self._collapsed and not stats["collapsed"]:
+            log.warning("memory in use again at epoch %d: %.1f %% of the %d items get >= 0.1/N of the addressing "
+                        "mass", epoch, 100 * stats["used_fraction"], stats["num_items"])
+        self._collapsed = bool(stats["collapsed"])
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(pl_module)
