@@ -47,14 +47,20 @@ def test_validation_warns_when_the_memory_collapses_and_says_when_it_is_in_use_a
     from vitmemad.callbacks import MemoryDiagnostics
 
     n, q = 400, 4000
-    few, all_items = MemoryUsage(n), MemoryUsage(n)
-    few.update(one_hot_weights(torch.zeros(q, dtype=torch.long), n))
-    all_items.update(one_hot_weights(torch.arange(q) % n, n))
-    collapsed, healthy = few.compute(), all_items.compute()
+
+    def usage(items_in_use: int) -> dict:
+        usage = MemoryUsage(n)
+        usage.update(one_hot_weights(torch.arange(q) % items_in_use, n))
+        return usage.compute()
+
+    collapsed, hovering, healthy = usage(1), usage(int(1.5 * COLLAPSED_BELOW * n)), usage(n)
+    assert collapsed["collapsed"] and not hovering["collapsed"] and not healthy["collapsed"]
     diagnostics = MemoryDiagnostics()
     with caplog.at_level("WARNING", logger="vitmemad.callbacks.memory"):
-        for epoch, stats in enumerate((healthy, collapsed, collapsed, healthy, healthy, collapsed)):
+        for epoch, stats in enumerate((healthy, collapsed, collapsed, healthy, healthy, collapsed,
+                                       hovering, collapsed, hovering)):
             diagnostics.report(stats, epoch)
+    # at the threshold and a little above it (15 % in use), a memory is not yet back: one warning, not one a epoch
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "memory collapsed at epoch 1", "memory in use again at epoch 3", "memory collapsed at epoch 5"]
     assert "only 0.2 % of the 400 items" in caplog.records[0].getMessage()

@@ -12,10 +12,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from vitmemad.models.memory_stats import MemoryUsageHook
+from vitmemad.models.memory_stats import COLLAPSED_BELOW, MemoryUsageHook
 from vitmemad.models.schedule import planned_epochs
 
 log = logging.getLogger(__name__)
+
+IN_USE_AGAIN = 2 * COLLAPSED_BELOW  # the share of items in use at which a collapsed memory counts as back
 
 
 def _distributed() -> bool:
@@ -102,7 +104,7 @@ class MemoryDiagnostics(L.Callback):
 
     def __init__(self) -> None:
         self._hook: MemoryUsageHook | None = None
-        self._collapsed = False  # at the last validation
+        self._collapsed = False  # warned, and not in use again since
 
     def _start(self, pl_module: L.LightningModule) -> None:
         self._hook = MemoryUsageHook(pl_module.net)
@@ -127,14 +129,16 @@ class MemoryDiagnostics(L.Callback):
 
     def report(self, stats: dict[str, Any], epoch: int) -> None:
         """A warning when the memory collapses, a line when it comes back: restarts can revive the items of a
-        memory that collapsed when it started, and a warning left alone would read as the state of the run."""
+        memory that collapsed when it started, and a warning left alone would read as the state of the run.
+        Back means twice the collapse threshold in use, so a memory hovering at the threshold warns once."""
         if stats["collapsed"] and not self._collapsed:
+            self._collapsed = True
             log.warning("memory collapsed at epoch %d: only %.1f %% of the %d items get >= 0.1/N of the addressing "
                         "mass (the rest are unused)", epoch, 100 * stats["used_fraction"], stats["num_items"])
-        elif self._collapsed and not stats["collapsed"]:
+        elif self._collapsed and stats["used_fraction"] >= IN_USE_AGAIN:
+            self._collapsed = False
             log.warning("memory in use again at epoch %d: %.1f %% of the %d items get >= 0.1/N of the addressing "
                         "mass", epoch, 100 * stats["used_fraction"], stats["num_items"])
-        self._collapsed = bool(stats["collapsed"])
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(pl_module)
