@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitmemad.errors import ConfigError
 
-_ABSENT = object()
+ABSENT = object()  # what `select` returns for a key the config does not have
 
 
 def _is_int(v: Any) -> bool:
@@ -88,7 +88,7 @@ def select(cfg: DictConfig | dict, key: str) -> Any:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     try:
-        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        return OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=False)
     except Exception as err:  # an interpolation that does not resolve: name the key
         raise ConfigError(f"{key}: {err}") from err
 
@@ -96,7 +96,7 @@ def select(cfg: DictConfig | dict, key: str) -> Any:
 def check_keys(cfg: DictConfig, rules=TRAIN_RULES) -> None:
     for key, ok, expected in rules:
         value = select(cfg, key)
-        if value is not _ABSENT and not ok(value):
+        if value is not ABSENT and not ok(value):
             raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
@@ -138,7 +138,7 @@ def check_train(cfg: DictConfig, resume: str | None) -> None:
             "test_ckpt=best needs validation images to pick the best epoch, but data.val_fraction=0: "
             "use test_ckpt=last, or data.val_fraction > 0"
         )
-    if select(cfg, "trainer.max_epochs") == -1 and select(cfg, "trainer.max_steps") in (-1, None, _ABSENT):
+    if select(cfg, "trainer.max_epochs") == -1 and select(cfg, "trainer.max_steps") in (-1, None, ABSENT):
         raise ConfigError("trainer.max_epochs=-1 needs a budget in steps, trainer.max_steps=N: the run would never end")
     if resume is not None:
         check_resume(select(cfg, "trainer.max_epochs"), resume)

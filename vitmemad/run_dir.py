@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from omegaconf import OmegaConf
+
+from vitmemad.config_check import ABSENT, select
 from vitmemad.errors import VitmemadError
 
 METRICS_FILE = "metrics.json"
@@ -29,7 +32,7 @@ RUN_IDENTITY = ("seed", "model", "loss", "corruption", "anomaly_map", "ablation"
                 "data.name", "data.category", "data.image_size", "data.batch_size", "data.augment",
                 "data.val_fraction", "data.seed", "trainer.precision", "trainer.max_epochs")
 # How a memory is trained: no part of a run without a memory (ablation=base|ca, the CAE).
-MEMORY_TRAINING = ("memory_training", "lambda_mem", "mem_commitment")
+MEMORY_TRAINING = frozenset({"memory_training", "lambda_mem", "mem_commitment"})
 
 
 def finished_run(ckpt_path: str | None, output_dir: Path) -> bool:
@@ -72,43 +75,30 @@ def recorded_config(output_dir: Path) -> dict[str, Any] | None:
     ckpts = sorted(folder.glob("*.ckpt"), key=newest_last) if folder.is_dir() else []
     if not ckpts:
         return None
-    from vitmemad import legacy
-    from vitmemad.checkpoint import read_checkpoint
+    from vitmemad.checkpoint import load_checkpoint
 
-    cfg = (read_checkpoint(ckpts[-1], mmap=True).get("hyper_parameters") or {}).get("cfg")
-    if not isinstance(cfg, dict):
-        return None
-    return legacy.convert_config(cfg) if legacy.is_legacy(cfg) else cfg
+    return load_checkpoint(ckpts[-1])["hyper_parameters"]["cfg"]
 
 
-def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+def _differences(old: Any, new: Any, key: str) -> list[tuple[str, Any, Any]]:
     if isinstance(old, Mapping) and isinstance(new, Mapping):  # keys only one side has do not count
-        return [d for key in old if key in new for d in _differences(old[key], new[key], f"{prefix}.{key}")]
-    return [] if old == new else [f"{prefix}: {old!r} != {new!r}"]
+        return [d for k in old if k in new for d in _differences(old[k], new[k], f"{key}.{k}")]
+    return [] if old == new else [(key, old, new)]
 
 
-_MISSING = object()
-
-
-def _select(cfg: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], keys=RUN_IDENTITY) -> list[str]:
-    """``key: recorded != current`` for every leaf under ``keys`` that both configs have and that differs.
+def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], keys=RUN_IDENTITY,
+                       ignore: frozenset[str] = frozenset()) -> list[str]:
+    """``key: recorded != current`` for every leaf under ``keys`` that both configs have and that differs, but for
+    leaves with a part of their key in ``ignore``.
 
     A key only one side has (added to the config since the run was made) does not count."""
+    recorded, current = OmegaConf.create(dict(recorded)), OmegaConf.create(dict(current))
     diffs = []
     for key in keys:
-        old, new = _select(recorded, key), _select(current, key)
-        if old is _MISSING or new is _MISSING:
-            continue
-        diffs += _differences(old, new, key)
+        old, new = select(recorded, key), select(current, key)
+        if ABSENT not in (old, new):
+            diffs += [f"{k}: {a!r} != {b!r}" for k, a, b in _differences(old, new, key)
+                      if not ignore & set(k.split("."))]
     return diffs
 
 
@@ -121,9 +111,8 @@ def check_same_run(ckpt_path: str | None, output_dir: Path, current: Mapping[str
         return
     finished = finished_run(ckpt_path, output_dir)
     keys = RUN_IDENTITY if finished else tuple(k for k in RUN_IDENTITY if k != "trainer.max_epochs")
-    diffs = config_differences(recorded, current, keys)
-    if not any(_select(cfg, "model.net.memory") not in (None, _MISSING) for cfg in (recorded, current)):
-        diffs = [d for d in diffs if not any(k in d.partition(":")[0] for k in MEMORY_TRAINING)]
+    has_memory = any(select(cfg, "model.net.memory") not in (None, ABSENT) for cfg in (recorded, current))
+    diffs = config_differences(recorded, current, keys, ignore=frozenset() if has_memory else MEMORY_TRAINING)
     if diffs:
         shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise RunDirError(
