@@ -31,6 +31,10 @@ Read-out and item updates (vector quantisation's remedies for a memory that blen
 - ``update="gradient"`` learns the items by back-propagation (the paper); ``update="ema"`` moves each item
   towards the mean of the training queries it was assigned (VQ-VAE's EMA codebook), so items stay on the data
   instead of drifting to wherever the decoder likes them; ``update="frozen"`` keeps them where ``init`` put them.
+- ``groups=G`` splits each token's C channels into G parts of C/G that are read out one by one from the same N
+  items of width C/G (product quantisation with a shared codebook). A token read out as its nearest item is then
+  one of N^G combinations of normal parts instead of one of N items: G log2 N bits instead of log2 N. Every part
+  still passes through the memory; the usage, EMA and restart statistics count each part as one query.
 """
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ class MemoryModule(nn.Module):
         straight_through: bool = False,
         update: str = "gradient",
         ema_decay: float = 0.99,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         options = (("init", init, INITS), ("addressing", addressing, ADDRESSING), ("readout", readout, READOUTS),
@@ -103,11 +108,15 @@ class MemoryModule(nn.Module):
             raise ValueError(f"memory.top_k must be in [1, memory.size={size}], got {top_k}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"memory.ema_decay must be in [0, 1), got {ema_decay}")
+        if groups < 1 or dim % groups:
+            raise ValueError(f"memory.groups must be >= 1 and divide memory.dim={dim}, got {groups}")
         num_items = int(size)
         if temperature <= 0:
             raise ValueError(f"memory.temperature must be > 0, got {temperature}")
         self.num_items = num_items
         self.dim = dim
+        self.groups = int(groups)
+        self.item_dim = dim // self.groups  # the width of an item and of a query (one part of a token)
         self.temperature = temperature
         self.addressing = addressing
         self.shrink_threshold = 1.0 / num_items if shrink_threshold is None else shrink_threshold
@@ -118,8 +127,8 @@ class MemoryModule(nn.Module):
         self.straight_through = bool(straight_through)
         self.update = update
         self.ema_decay = float(ema_decay)
-        self.items = nn.Parameter(torch.empty(num_items, dim), requires_grad=update == "gradient")
-        stdv = 1.0 / math.sqrt(dim)
+        self.items = nn.Parameter(torch.empty(num_items, self.item_dim), requires_grad=update == "gradient")
+        stdv = 1.0 / math.sqrt(self.item_dim)
         nn.init.uniform_(self.items, -stdv, stdv)
         # Saved with the weights, so a resumed run does not re-initialise from data.
         self.register_buffer("initialized", torch.tensor(init == "random"))
@@ -131,11 +140,12 @@ class MemoryModule(nn.Module):
     @torch.no_grad()
     def initialize_from(self, queries: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Set the items to a random sample (``init="features"``) or a k-center coreset (``init="coreset"``) of
-        ``queries`` (..., C); a random sample with replacement if there are fewer queries than items."""
-        flat = queries.detach().reshape(-1, self.dim).to(self.items.dtype)
+        ``queries`` (..., C), each row split into ``groups`` parts; a random sample with replacement if there are
+        fewer queries than items."""
+        flat = queries.detach().reshape(-1, self.item_dim).to(self.items.dtype)
         n = flat.shape[0]
         if n >= self.num_items and self.init == "coreset":
-            projection = CORESET_PROJECTION if self.dim > CORESET_PROJECTION else None
+            projection = CORESET_PROJECTION if self.item_dim > CORESET_PROJECTION else None
             idx = greedy_coreset(flat, self.num_items, projection, generator).cpu()
         elif n >= self.num_items:
             idx = torch.randperm(n, generator=generator, device="cpu")[: self.num_items]
@@ -145,7 +155,7 @@ class MemoryModule(nn.Module):
         self.initialized.fill_(True)
 
     def address(self, queries: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Softmax addressing weights (..., N) for queries (..., C), before shrinkage."""
+        """Softmax addressing weights (..., N) for queries (..., C / groups), before shrinkage."""
         items = self.items if items is None else items
         if self.addressing == "cosine":
             logits = F.normalize(queries, dim=-1) @ F.normalize(items, dim=-1).t()
@@ -156,7 +166,7 @@ class MemoryModule(nn.Module):
         return torch.softmax(logits.float() / self.temperature, dim=-1).to(queries.dtype)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (the decoder's input (B, C, H, W), weights (B, H*W, N)): the read-out, with
+        """(B, C, H, W) -> (the decoder's input (B, C, H, W), weights (B, H*W*groups, N)): the read-out, with
         ``straight_through`` carrying the queries' gradient."""
         readout, weights = self.read(feature_map)
         if self.straight_through:
@@ -173,11 +183,12 @@ class MemoryModule(nn.Module):
         return decoder_input - feature_map + feature_map.detach()
 
     def read(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (read-out w M (B, C, H, W), weights (B, H*W, N)); in training also the usage and EMA
+        """(B, C, H, W) -> (read-out w M (B, C, H, W), weights (B, H*W*groups, N)); in training also the usage and EMA
         updates."""
         b, c, h, w = feature_map.shape
         with float32_region(feature_map) as (feature_map,):  # weights ~1/N: below bfloat16's resolution
-            queries = feature_map.flatten(2).transpose(1, 2)  # (B, HW, C)
+            # (B, HW * groups, C / groups): the parts of a token are consecutive queries
+            queries = feature_map.flatten(2).transpose(1, 2).reshape(b, h * w * self.groups, self.item_dim)
             # EMA items change in place after this read-out while backward still needs the values used here: a copy
             items = self.items.detach().clone() if self.update == "ema" and self.training else self.items
             weights = self.address(queries, items)
@@ -185,7 +196,7 @@ class MemoryModule(nn.Module):
                 weights = keep_top_k(weights, self.top_k)
             elif self.shrink_threshold > 0:
                 weights = hard_shrink_relu(weights, self.shrink_threshold, self.eps)
-            out = weights @ items  # (B, HW, C), eq. 9
+            out = (weights @ items).reshape(b, h * w, c)  # eq. 9, the parts joined again
         if self.training:
             with torch.no_grad():
                 share = weights.detach().float().reshape(-1, self.num_items).mean(dim=0)
@@ -200,7 +211,7 @@ class MemoryModule(nn.Module):
         """Move each item towards the weighted mean of the queries that addressed it in this batch; items no query
         addressed stay put. Sums are reduced over DDP ranks, so every rank keeps the same items."""
         flat_w = weights.reshape(-1, self.num_items)
-        mass, sums = flat_w.sum(dim=0), flat_w.t() @ queries.reshape(-1, self.dim)
+        mass, sums = flat_w.sum(dim=0), flat_w.t() @ queries.reshape(-1, self.item_dim)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(mass)
             torch.distributed.all_reduce(sums)
@@ -221,7 +232,7 @@ class MemoryModule(nn.Module):
         dead = (self.usage < min_share / self.num_items).nonzero().flatten()
         if dead.numel() == 0:
             return 0
-        flat = self._last_queries.reshape(-1, self.dim).to(self.items.dtype)
+        flat = self._last_queries.reshape(-1, self.item_dim).to(self.items.dtype)
         idx = torch.randint(flat.shape[0], (dead.numel(),), generator=generator, device="cpu").to(flat.device)
         self.items[dead] = flat[idx]
         self.usage[dead] = 1.0 / self.num_items
@@ -233,5 +244,6 @@ class MemoryModule(nn.Module):
             f"temperature={self.temperature}, shrink_threshold={self.shrink_threshold:.4g}, readout={self.readout}"
             + (f", top_k={self.top_k}" if self.readout == "topk" else "")
             + (", straight_through" if self.straight_through else "") + f", update={self.update}"
+            + (f", groups={self.groups}" if self.groups > 1 else "")
         )
 
