@@ -19,17 +19,22 @@ def grouped_memory(groups: int, dim: int = 8, **kwargs) -> MemoryModule:
     return mem.eval()
 
 
+def token(a: int, b: int) -> torch.Tensor:
+    """The width-8 token that is item a followed by item b."""
+    return torch.cat([ITEMS[a], ITEMS[b]])
+
+
 def tokens(*pairs: tuple[int, int]) -> torch.Tensor:
-    """A (1, 8, 1, T) feature map whose token t is item a followed by item b, plus a little noise."""
-    rows = [torch.cat([ITEMS[a], ITEMS[b]]) for a, b in pairs]
-    return (torch.stack(rows).t() + 0.05 * torch.randn(8, len(rows)))[None, :, None, :]
+    """A (1, 8, 1, T) feature map whose token t is ``token(a, b)``, plus a little noise."""
+    rows = torch.stack([token(a, b) for a, b in pairs]).t()
+    return (rows + 0.05 * torch.randn(8, len(pairs)))[None, :, None, :]
 
 
 def test_each_part_of_a_token_is_read_out_as_its_own_nearest_item():
     torch.manual_seed(0)
     feature_map = tokens((0, 1), (2, 0), (1, 1))
     readout, weights = grouped_memory(groups=2)(feature_map)
-    expected = torch.stack([torch.cat([ITEMS[a], ITEMS[b]]) for a, b in ((0, 1), (2, 0), (1, 1))]).t()
+    expected = torch.stack([token(a, b) for a, b in ((0, 1), (2, 0), (1, 1))]).t()
     torch.testing.assert_close(readout, expected[None, :, None, :])
     # one query per part, in token order: token 0's parts are queries 0 and 1
     assert weights.shape == (1, 6, 3)
@@ -44,7 +49,7 @@ def test_a_grouped_memory_rebuilds_combinations_a_whole_token_memory_of_the_same
     grouped_error = (grouped_memory(groups=2)(feature_map)[0] - feature_map).square().mean()
     whole = MemoryModule(size=3, dim=8, addressing="euclidean", readout="topk", top_k=1).eval()
     with torch.no_grad():
-        whole.items.copy_(torch.stack([torch.cat([ITEMS[a], ITEMS[a]]) for a in range(3)]))
+        whole.items.copy_(torch.stack([token(a, a) for a in range(3)]))
     whole_error = (whole(feature_map)[0] - feature_map).square().mean()
     assert grouped_error < 0.01 < whole_error
 

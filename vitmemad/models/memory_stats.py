@@ -1,6 +1,7 @@
 """Diagnostics of the memory module's addressing over a set of images (``vitmemad.callbacks.memory``).
 
-The memory module returns the shrunk, renormalised weights (B, HW, N); every spatial position is one query.
+The memory module returns the shrunk, renormalised weights (B, HW * groups, N); every spatial position (each of
+its ``groups`` parts) is one query.
 Over all queries this accumulates, per memory item:
 
 - ``usage``: its mean addressing weight (the N values sum to 1) -- the usage histogram;
