@@ -36,15 +36,15 @@ class TestEvaluator(nn.Module):
         self.has_masks = bool(has_masks)
         self.records = []
 
-    def update(self, maps: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """Maps (B, S, S) at the model's size; the batch's masks at native size. Returns the image scores (B,)."""
-        scores = []
-        for full, mask in native_maps(maps, batch["mask"]):
-            if self.has_masks:
+    def update(self, maps: torch.Tensor, batch: dict[str, Any], score_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps (B, S, S) at the model's size; the batch's masks at native size. Returns the image scores (B,): the
+        maxima of ``score_maps`` (``AnomalyMapGenerator.score_maps``; default the maps) at native size."""
+        if self.has_masks:
+            for full, mask in native_maps(maps, batch["mask"]):
                 self.pixel_auroc.update(full, mask[None])
                 self.pro.update(full, mask[None])
-            scores.append(full.amax())
-        scores_t = torch.stack(scores).float()
+        scored = maps if score_maps is None else score_maps
+        scores_t = torch.stack([full.amax() for full, _ in native_maps(scored, batch["mask"])]).float()
         labels = torch.as_tensor(batch["label"], device=scores_t.device).long()
         self.image_auroc.update_scores(scores_t, labels)
         self.records += [(float(s), int(l), str(d)) for s, l, d in zip(scores_t.cpu(), labels.cpu(), batch["defect"])]

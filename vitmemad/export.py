@@ -137,6 +137,9 @@ def export_onnx(module: AnomalyModule, path: str | Path, *, opset: int = DEFAULT
     import onnx
 
     path = Path(path)
+    if module.anomaly_map.image_score != "max":
+        raise ExportError(f"anomaly_map.image_score={module.anomaly_map.image_score} is not exported: the ONNX file "
+                          "holds the map, scored by its maximum; predict with the checkpoint instead")
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.to("cpu").eval()

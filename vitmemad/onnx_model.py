@@ -70,6 +70,7 @@ class OnnxScorer:
     """Images (B, 3, S, S) in [-1, 1] -> float32 anomaly maps (B, S, S) from an exported file, on the CPU."""
 
     device = torch.device("cpu")
+    image_score = "max"  # the only score export_onnx writes
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         path = Path(path).expanduser()
@@ -87,3 +88,7 @@ class OnnxScorer:
         feed = {INPUT_NAME: np.ascontiguousarray(images.detach().cpu().float().numpy())}
         (maps,) = self.session.run([OUTPUT_NAME], feed)
         return torch.from_numpy(np.asarray(maps, dtype=np.float32))
+
+    def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """The maps themselves: only models scored by the map's maximum are exported (``export_onnx``)."""
+        return maps

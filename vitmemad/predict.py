@@ -130,15 +130,19 @@ def normalized_score(score: float | None, threshold: float | None) -> float | No
 
 
 def write_image_outputs(out: Path, name: str, amap: torch.Tensor, original: np.ndarray, image_thr: float | None,
-                        pixel_thr: float | None, overlays: bool, legend: bool = True) -> None:
+                        pixel_thr: float | None, overlays: bool, legend: bool = True, score: float | None = None,
+                        scale_thr: float | None = None) -> None:
     """maps/<name>.npy; overlays/<name>.png when ``overlays`` (with colour bar and verdict when ``legend``);
-    masks/<name>.png when ``pixel_thr`` is given."""
+    masks/<name>.png when ``pixel_thr`` is given. ``score`` (default the map's maximum) is the image score the
+    verdict compares with ``image_thr``; the colour scale is set by ``scale_thr`` (default ``image_thr``), a
+    threshold on the map's own scale."""
     write_output(out / "maps" / f"{name}.npy", _npy_bytes(amap.numpy().astype(np.float32)))
     if overlays:
-        vmin, vmax = overlay_scale(image_thr, amap)
+        score = float(amap.max()) if score is None else score
+        vmin, vmax = overlay_scale(image_thr if scale_thr is None else scale_thr, amap)
         overlay = render_overlay(original, amap, vmin, vmax)
-        png = legend_overlay_png(overlay, vmin, vmax, float(amap.max()), image_thr, over=bool(amap.max() > vmax)) \
-            if legend else _png_bytes(overlay)
+        png = legend_overlay_png(overlay, vmin, vmax, score, image_thr, over=bool(amap.max() > vmax),
+                                 bar_mark=scale_thr) if legend else _png_bytes(overlay)
         write_output(out / "overlays" / f"{name}.png", png)
     if pixel_thr is not None:
         mask = (amap > pixel_thr).numpy().astype(np.uint8) * 255
@@ -197,14 +201,16 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         for batch in loader:
             if batch["images"] is not None:
                 maps = scorer(batch["images"])  # float32 (B, S, S), whatever ran inside
+                scored = scorer.score_maps(maps)
                 for j, idx in enumerate(batch["ok"]):
                     full = resize_maps(maps[j : j + 1], batch["size"][idx])[0].cpu()
-                    score = float(full.max())
+                    score = float(resize_maps(scored[j : j + 1], batch["size"][idx]).max())
                     if not math.isfinite(score):  # a broken checkpoint: say so rather than write NaN maps
                         batch["error"][idx] = f"the anomaly map is not finite ({score}); is the checkpoint broken?"
                         continue
                     write_image_outputs(out, names[idx], full, batch["original"][idx], image_thr,
-                                        pixel_thr if write_masks else None, write_overlays, legend)
+                                        pixel_thr if write_masks else None, write_overlays, legend, score,
+                                        None if scorer.image_score == "max" else pixel_thr)
                     label = None if image_thr is None else int(score > image_thr)
                     records[idx] = {"path": str(paths[idx]), "score": score, "label": label,
                                     "threshold": image_thr, "error": None,

@@ -4,7 +4,8 @@
 Both give the same thing, so everything after them (resize to the image, score, label, files) is one code path
 in `vitmemad.predict`: ``scorer(images)`` maps (B, 3, S, S) in [-1, 1] to float32 anomaly maps (B, S, S) on
 ``scorer.device``; ``scorer.image_size`` is S and ``scorer.thresholds`` the calibrated (image, pixel) thresholds
-(None where never calibrated).
+(None where never calibrated); ``scorer.score_maps(maps)`` the maps whose maxima are the image scores
+(``anomaly_map.image_score``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ class Scorer(Protocol):
     device: torch.device
     image_size: int
     thresholds: tuple[float | None, float | None]
+    image_score: str  # anomaly_map.image_score: "max" (the map's maximum) or "normal_z"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def score_maps(self, maps: torch.Tensor) -> torch.Tensor: ...
 
 
 def is_onnx(ckpt_path: str | Path) -> bool:
@@ -50,9 +54,13 @@ class CheckpointScorer:
         self.device, self.image_size = device, image_size_of(module)
         self.thresholds = calibrated_thresholds(module)
         self.model = ScoringModel(module, bf16=precision == "bf16-mixed").eval()
+        self.image_score = module.anomaly_map.image_score
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.to(self.device)).float()  # float32 whatever ran inside
+
+    def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.model.anomaly_map.score_maps(maps)
 
 
 def open_scorer(ckpt_path: str | Path, device: str | None = "cpu", precision: str = "32-true",

@@ -28,7 +28,8 @@ class LabelledValidation(L.Callback):
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
             for batch in loader:
                 maps, _ = pl_module.score(batch["image"].to(pl_module.device))
-                scores = torch.stack([full.amax() for full, _ in native_maps(maps.float(), batch["mask"])])
+                score_maps = pl_module.anomaly_map.score_maps(maps.float())
+                scores = torch.stack([full.amax() for full, _ in native_maps(score_maps, batch["mask"])])
                 metric.update_scores(scores.float().cpu(), batch["label"].long())
         pl_module.log(METRIC, float(metric.compute()), on_epoch=True, sync_dist=False, rank_zero_only=False)
 

@@ -4,9 +4,9 @@ Every run that writes a checkpoint must carry this callback (``vitmemad.train`` 
 it): predict labels images with the thresholds it saves in the module's buffers ``image_threshold`` (image score
 = map maximum) and ``pixel_threshold`` (for the binary mask output).
 
-With ``anomaly_map.reference=normal_mean`` it first sets the map generator's reference, the mean raw map of the
-same validation images, and takes the thresholds on the maps with that reference subtracted, as they will be
-scored. The reference is averaged over all DDP ranks.
+With ``anomaly_map.reference=normal_mean`` or ``image_score=normal_z`` it first sets the map generator's
+statistics of the same validation images (the per-pixel mean and std of their raw maps, over all DDP ranks) and
+takes the thresholds on the maps and image scores as they will be scored.
 """
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def subsample(values: torch.Tensor, limit: int) -> torch.Tensor:
     return values[::step]
 
 
+def normal_statistics(pl_module: L.LightningModule, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and std (S, S) of raw maps (batches of (B, S, S)) over every DDP rank, in float64 sums."""
+    sums = torch.stack([torch.stack([b.double().sum(0), b.double().pow(2).sum(0)]) for b in batches]).sum(0)
+    total = pl_module.all_gather(sums).reshape(-1, *sums.shape).sum(0)
+    count = pl_module.all_gather(sums.new_tensor(float(sum(len(b) for b in batches)))).sum()
+    mean = total[0] / count
+    var = (total[1] - count * mean.pow(2)).clamp_min(0) / (count - 1).clamp_min(1)  # unbiased, as torch.std
+    return mean.float(), var.sqrt().float()
+
+
 class ThresholdCalibration(L.Callback):
     def __init__(self, image_quantile: float = 0.99, pixel_quantile: float = 0.999) -> None:
         for key, q in (("image_quantile", image_quantile), ("pixel_quantile", pixel_quantile)):
@@ -46,13 +56,10 @@ class ThresholdCalibration(L.Callback):
             return
         generator = pl_module.anomaly_map
         batches, self._maps = self._maps, []
-        if generator.has_reference:
-            raw_sum = torch.stack([b.double().sum(0) for b in batches]).sum(0)
-            total = pl_module.all_gather(raw_sum).reshape(-1, *raw_sum.shape).sum(0)
-            count = pl_module.all_gather(raw_sum.new_tensor(float(sum(len(b) for b in batches)))).sum()
-            generator.set_reference((total / count).float())
+        if generator.needs_normal_maps:
+            generator.set_normal_statistics(*normal_statistics(pl_module, batches))
             batches = [generator.subtract_reference(b) for b in batches]
-        image = torch.cat([b.flatten(1).amax(1) for b in batches])
+        image = torch.cat([generator.image_scores(b) for b in batches])
         pixel = torch.cat([subsample(b.flatten(), MAX_PIXELS_PER_BATCH) for b in batches])
         image_scores = pl_module.all_gather(image).flatten().float()
         pixel_scores = pl_module.all_gather(pixel).flatten().float()

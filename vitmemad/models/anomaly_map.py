@@ -10,6 +10,13 @@ reconstructs some places of an aligned object worse than others on every image (
 that baseline error then no longer competes with real defects. On a texture or an unaligned object the mean map
 is nearly flat, so subtracting it changes little.
 
+``image_score="normal_z"`` (not in the paper) scores an image by the maximum of its map standardised per pixel,
+(raw map - mean) / std over the same normal validation images, while the pixel metrics and predict's maps keep the
+map itself. Where a model's error is high on every normal image (tread edges, specular rims), a defect elsewhere
+no longer has to outshine it to raise the image's score; the standardised map is no localisation (it divides by
+the tiny spread of flat background), so it only feeds the image score. The std is smoothed with the map's
+Gaussian and floored at 1e-3 of its mean (STD_FLOOR).
+
 Feature-space models (PatchCore, ``vitmemad_feat``) return their own ``anomaly_map`` at feature
 resolution (a per-position feature distance); it is upsampled bilinearly to the input size and
 smoothed with the same Gaussian (``anomaly_map.source`` does not apply to them).
@@ -28,6 +35,9 @@ from .precision import float32_region
 SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim")}
 SOURCES = tuple(SOURCE_TERMS)
 REFERENCES = ("none", "normal_mean")
+IMAGE_SCORES = ("max", "normal_z")
+STD_FLOOR = 1e-3  # of the mean std: a pixel that never varies on normal images cannot divide by zero ...
+STD_EPS = 1e-12  # ... nor can a map that never varies anywhere
 
 
 def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_window: int = 11) -> torch.Tensor:
@@ -39,7 +49,7 @@ def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_wi
 
 class AnomalyMapGenerator(nn.Module):
     def __init__(self, source: str = "l2", sigma: float = 4.0, ssim_window: int = 11, reference: str = "none",
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, image_score: str = "max") -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"anomaly_map.source must be one of {SOURCES}, got {source!r}")
@@ -47,22 +57,52 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(f"anomaly_map.sigma must be >= 0, got {sigma}")
         if reference not in REFERENCES:
             raise ValueError(f"anomaly_map.reference must be one of {REFERENCES}, got {reference!r}")
-        if reference != "none" and not image_size:
-            raise ValueError("anomaly_map.reference=normal_mean needs anomaly_map.image_size (the model's input size)")
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"anomaly_map.image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
+        for key, value in (("reference", reference), ("image_score", image_score)):
+            if value.startswith("normal_") and not image_size:
+                raise ValueError(f"anomaly_map.{key}={value} needs anomaly_map.image_size (the model's input size)")
         self.source = source
         self.sigma = float(sigma)
         self.ssim_window = ssim_window
         self.reference = reference
-        if reference == "normal_mean":  # zeros until the first validation: the raw map
+        self.image_score = image_score
+        if self.needs_normal_maps:  # until the first validation: the raw map, and z = the raw map
             self.register_buffer("normal_mean", torch.zeros(int(image_size), int(image_size)))
+        if image_score == "normal_z":
+            self.register_buffer("normal_std", torch.ones(int(image_size), int(image_size)))
 
     @property
     def has_reference(self) -> bool:
         return self.reference != "none"
 
+    @property
+    def needs_normal_maps(self) -> bool:
+        """Whether the normal validation images' maps set a statistic here (``ThresholdCalibration``)."""
+        return self.has_reference or self.image_score != "max"
+
     def set_reference(self, mean_map: torch.Tensor) -> None:
         """The mean raw map (S, S) of normal validation images, subtracted from every later map."""
         self.normal_mean.copy_(mean_map.to(self.normal_mean))
+
+    def set_normal_statistics(self, mean_map: torch.Tensor, std_map: torch.Tensor) -> None:
+        """Per-pixel mean and std (S, S) of the raw maps of normal validation images: the reference (when on) and
+        the image score's standardisation (``image_score="normal_z"``)."""
+        self.set_reference(mean_map)
+        if self.image_score == "normal_z":
+            std = self.smooth(std_map.float()[None])[0]
+            self.normal_std.copy_((std + STD_FLOOR * std.mean() + STD_EPS).to(self.normal_std))
+
+    def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) maps as this generator returns them -> the maps whose maximum is each image's score: the same
+        maps, or with ``image_score="normal_z"`` the raw maps standardised per pixel."""
+        if self.image_score == "max":
+            return maps
+        return (self.add_reference(maps) - self.normal_mean) / self.normal_std
+
+    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) maps -> (B,) image scores at the map's resolution."""
+        return self.score_maps(maps).flatten(1).amax(1)
 
     def subtract_reference(self, maps: torch.Tensor) -> torch.Tensor:
         return maps - self.normal_mean if self.has_reference else maps

@@ -63,7 +63,8 @@ class AnomalyModule(L.LightningModule):
         # the same yardstick whatever the loss weights: what a normal-only lambda search selects on
         recon = terms["l2"] + terms.get("ssim", 0.0)
         self.log("val/recon_unweighted", recon, on_epoch=True, batch_size=bs, sync_dist=True)
-        self.log("val/image_score", maps.flatten(1).amax(1).mean(), on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("val/image_score", self.anomaly_map.image_scores(maps).mean(), on_epoch=True, batch_size=bs,
+                 sync_dist=True)
         if out.get("reconstruction") is not None:
             self.val_fit.update(images, out["reconstruction"])
         return {"maps": maps.detach()}
@@ -85,7 +86,7 @@ class AnomalyModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         maps, recon = self.score(batch["image"])
-        scores = self.evaluator.update(maps, batch)
+        scores = self.evaluator.update(maps, batch, self.anomaly_map.score_maps(maps))
         if recon is not None:
             normal = torch.as_tensor(batch["label"], device=recon.device) == 0
             self.test_fit.update(batch["image"][normal], recon[normal])

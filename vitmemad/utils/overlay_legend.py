@@ -38,9 +38,10 @@ def legend_canvas_size(height: int, width: int) -> tuple[int, int]:
 
 
 def legend_overlay_png(overlay: np.ndarray, vmin: float, vmax: float, score: float, threshold: float | None,
-                       over: bool) -> bytes:
+                       over: bool, bar_mark: float | None = None) -> bytes:
     """PNG bytes: ``overlay`` (H, W, 3) uint8, its colour bar for [vmin, vmax] (``over``: the map goes above
-    vmax) with the threshold marked, and ``score 1.17 > thr 0.18 → anomalous`` underneath."""
+    vmax) with ``bar_mark`` marked (default the threshold: an image score that is the map's maximum is on the bar's
+    scale), and ``score 1.17 > thr 0.18 → anomalous`` underneath."""
     h, w = overlay.shape[:2]
     k = display_scale(h, w)
     shown = np.repeat(np.repeat(overlay, k, axis=0), k, axis=1) if k > 1 else overlay
@@ -53,7 +54,7 @@ def legend_overlay_png(overlay: np.ndarray, vmin: float, vmax: float, score: flo
     bar_h = max(hs, 8 * f) - 1.2 * f
     cax = fig.add_axes(((ws + 0.6 * f) / width, (height - 0.6 * f - bar_h) / height, 0.9 * f / width,
                         bar_h / height))
-    colour_bar(fig, cax, vmin, vmax, threshold, over=over, fontsize=0.85 * pt)
+    colour_bar(fig, cax, vmin, vmax, threshold if bar_mark is None else bar_mark, over=over, fontsize=0.85 * pt)
     text = verdict(score, threshold)
     anomalous = threshold is not None and score > threshold
     fig.text(0.5 * f / width, 1.1 * f / height, text, ha="left", va="center", fontsize=pt,

@@ -1,0 +1,132 @@
+"""``anomaly_map.image_score=normal_z``: each image scored by the maximum of its map standardised per pixel by the
+normal validation images' maps, while the pixel metrics and predict's maps keep the map itself."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY_DEMO, read_metrics, run_here
+from vitmemad.callbacks.thresholds import ThresholdCalibration
+from vitmemad.data import write_demo_dataset
+from vitmemad.inference import load_module, output_names
+from vitmemad.metrics import ImageAUROC
+from vitmemad.models.anomaly_map import STD_EPS, STD_FLOOR, AnomalyMapGenerator
+
+SIZE = 32
+
+
+def normal_and_defect_maps(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw maps of 24 normal and 6 defective images: every image's left half has a large, varying error (an
+    edge the model never rebuilds well); each defect adds a small bump in the quiet right half, below the left
+    half's typical maximum."""
+    g = torch.Generator().manual_seed(seed)
+    maps = 0.01 * torch.rand(30, SIZE, SIZE, generator=g)
+    maps[:, :, : SIZE // 2] += 1.0 + 0.5 * torch.rand(30, SIZE, SIZE // 2, generator=g)
+    maps[24:, 20:24, 24:28] += 0.5
+    return maps[:24], maps[24:]
+
+
+def auroc(normal: torch.Tensor, defect: torch.Tensor) -> float:
+    metric = ImageAUROC()
+    metric.update_scores(torch.cat([normal, defect]), torch.tensor([0] * len(normal) + [1] * len(defect)))
+    return float(metric.compute())
+
+
+class Module(torch.nn.Module):
+    """What ThresholdCalibration reads of a LightningModule: the generator, the threshold buffers, all_gather."""
+
+    def __init__(self, generator: AnomalyMapGenerator) -> None:
+        super().__init__()
+        self.anomaly_map = generator
+        self.image_threshold, self.pixel_threshold = torch.tensor(float("nan")), torch.tensor(float("nan"))
+
+    @staticmethod
+    def all_gather(t: torch.Tensor) -> torch.Tensor:
+        return t[None]
+
+
+def calibrated(image_score: str, reference: str = "none", sigma: float = 0.0) -> tuple[Module, torch.Tensor]:
+    """A module calibrated on the held-out normal maps (the first 12), and the maps of the other 12."""
+    normal, _ = normal_and_defect_maps()
+    module = Module(AnomalyMapGenerator(sigma=sigma, reference=reference, image_size=SIZE, image_score=image_score))
+    callback = ThresholdCalibration()
+    callback._maps = [normal[:6], normal[6:12]]  # raw maps, as on_validation_batch_end keeps them
+    callback.on_validation_epoch_end(None, module)
+    return module, normal[12:]
+
+
+def test_the_standardised_score_finds_a_defect_the_maximum_misses():
+    module, normal = calibrated("normal_z")
+    _, defect = normal_and_defect_maps()
+    plain = AnomalyMapGenerator(sigma=0.0)
+    assert auroc(plain.image_scores(normal), plain.image_scores(defect)) < 0.9  # the edge outshines the bump
+    z = module.anomaly_map
+    assert auroc(z.image_scores(normal), z.image_scores(defect)) == 1.0
+    assert torch.equal(plain.score_maps(normal), normal)  # image_score=max scores the map itself
+
+
+@pytest.mark.parametrize("reference", ["none", "normal_mean"])
+def test_calibration_sets_the_per_pixel_statistics_and_thresholds_the_standardised_scores(reference):
+    module, _ = calibrated("normal_z", reference)
+    normal, _ = normal_and_defect_maps()
+    held_out = normal[:12]
+    generator = module.anomaly_map
+    std = held_out.std(0)
+    torch.testing.assert_close(generator.normal_mean, held_out.mean(0))
+    torch.testing.assert_close(generator.normal_std, std + STD_FLOOR * std.mean() + STD_EPS)
+    scored = generator.subtract_reference(held_out)  # as the maps arrive: with the reference subtracted, if on
+    z = generator.image_scores(scored)
+    torch.testing.assert_close(z, ((held_out - held_out.mean(0)) / generator.normal_std).flatten(1).amax(1))
+    assert float(module.image_threshold) == pytest.approx(float(torch.quantile(z, 0.99)))
+
+
+def test_the_std_is_smoothed_like_the_map_and_floored():
+    module, _ = calibrated("normal_z", sigma=2.0)
+    generator = module.anomaly_map
+    normal, _ = normal_and_defect_maps()
+    std = generator.smooth(normal[:12].std(0)[None])[0]
+    torch.testing.assert_close(generator.normal_std, std + STD_FLOOR * std.mean() + STD_EPS)
+    flat = AnomalyMapGenerator(sigma=0.0, image_size=4, image_score="normal_z")
+    flat.set_normal_statistics(torch.ones(4, 4), torch.zeros(4, 4))  # a map that never varies
+    assert torch.isfinite(flat.image_scores(torch.ones(1, 4, 4))).all()
+
+
+def test_before_any_validation_the_standardised_score_is_the_maximum():
+    generator = AnomalyMapGenerator(sigma=0.0, image_size=SIZE, image_score="normal_z")
+    maps = torch.rand(3, SIZE, SIZE)
+    torch.testing.assert_close(generator.image_scores(maps), maps.flatten(1).amax(1))
+
+
+@pytest.mark.parametrize("kwargs,message", [({"image_score": "mean"}, "anomaly_map.image_score must be one of"),
+                                            ({"image_score": "normal_z"}, "needs anomaly_map.image_size")])
+def test_bad_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AnomalyMapGenerator(**kwargs)
+
+
+def test_a_run_with_the_standardised_score_tests_predicts_and_refuses_export(tmp_path):
+    run = tmp_path / "run"
+    run_here("vitmemad.train", *TINY_DEMO, "anomaly_map.image_score=normal_z", f"hydra.run.dir={run}")
+    record = read_metrics(run)
+    module = load_module(record["ckpt_path"])
+    generator = module.anomaly_map
+    assert generator.image_score == "normal_z"
+    assert not torch.equal(generator.normal_std, torch.ones_like(generator.normal_std))  # calibrated, saved
+    assert record["image_AUROC"] is not None and record["pixel_AUROC"] is not None
+
+    demo = write_demo_dataset(tmp_path / "demo", "brick", crop_size=64, n_train=1, n_test_good=1, n_test_defect=3)
+    out = tmp_path / "predictions"
+    run_here("vitmemad.predict", f"ckpt_path={record['ckpt_path']}", f"input={demo}/test/*/*.png", f"output={out}")
+    rows = json.loads((out / "predictions.json").read_text())
+    assert len(rows) == 4
+    names = output_names([Path(row["path"]) for row in rows])
+    for row, name in zip(rows, names):  # the score is the standardised map's maximum, not the written map's
+        amap = np.load(out / "maps" / f"{name}.npy")
+        assert row["error"] is None and row["score"] != pytest.approx(float(amap.max()), rel=1e-3)
+
+    refused = run_here("vitmemad.export", f"ckpt_path={record['ckpt_path']}", "format=onnx", check=False)
+    assert refused.returncode == 2 and "anomaly_map.image_score=normal_z is not exported" in refused.stderr
