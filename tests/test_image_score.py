@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_DEMO, read_metrics, run_here
+from helpers import TINY_DEMO, assert_real_png, read_metrics, run_here
 from vitmemad.callbacks.thresholds import ThresholdCalibration
 from vitmemad.data import write_demo_dataset
 from vitmemad.inference import load_module, output_names
@@ -117,6 +117,7 @@ def test_a_run_with_the_standardised_score_tests_predicts_and_refuses_export(tmp
     assert generator.image_score == "normal_z"
     assert not torch.equal(generator.normal_std, torch.ones_like(generator.normal_std))  # calibrated, saved
     assert record["image_AUROC"] is not None and record["pixel_AUROC"] is not None
+    assert_real_png(run / "examples.png")  # the maps' colour scale comes from the pixel threshold here
 
     demo = write_demo_dataset(tmp_path / "demo", "brick", crop_size=64, n_train=1, n_test_good=1, n_test_defect=3)
     out = tmp_path / "predictions"

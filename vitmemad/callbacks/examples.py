@@ -46,6 +46,12 @@ class ExampleGrid(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.examples.get("image"):
-            threshold = getattr(pl_module, "image_threshold", None)
-            threshold = float(threshold) if isinstance(threshold, torch.Tensor) else threshold
-            save_examples(self.examples, Path(trainer.default_root_dir) / self.filename, threshold)
+            threshold, scale = (as_float(getattr(pl_module, name, None)) for name in ("image_threshold",
+                                                                                      "pixel_threshold"))
+            if getattr(getattr(pl_module, "anomaly_map", None), "image_score", "max") == "max":
+                scale = None  # the image score is the map's maximum: its threshold is on the maps' scale
+            save_examples(self.examples, Path(trainer.default_root_dir) / self.filename, threshold, scale)
+
+
+def as_float(value: Any) -> Any:
+    return float(value) if isinstance(value, torch.Tensor) else value

@@ -1,8 +1,8 @@
 """Decision thresholds for predict: high quantiles of the scores of normal validation images.
 
 Every run that writes a checkpoint must carry this callback (``vitmemad.train`` refuses a callbacks config without
-it): predict labels images with the thresholds it saves in the module's buffers ``image_threshold`` (image score
-= map maximum) and ``pixel_threshold`` (for the binary mask output).
+it): predict labels images with the thresholds it saves in the module's buffers ``image_threshold`` (on the image
+score, ``anomaly_map.image_score``) and ``pixel_threshold`` (for the binary mask output).
 
 With ``anomaly_map.reference=normal_mean`` or ``image_score=normal_z`` it first sets the map generator's
 statistics of the same validation images (the per-pixel mean and std of their raw maps, over all DDP ranks) and

@@ -129,16 +129,19 @@ def examples_figure_size(rows: int) -> tuple[int, int]:
             round((HEADER_IN + rows * (TILE_IN + GAP_IN) + MARGIN_IN) * DPI))
 
 
-def examples_grid(examples: dict[str, list[Any]], threshold: float | None = None) -> Figure:
+def examples_grid(examples: dict[str, list[Any]], threshold: float | None = None,
+                  scale_threshold: float | None = None) -> Figure:
     """The examples.png figure. ``examples``: lists ``image``, ``reconstruction`` (or None), ``map``, ``mask``,
     and optionally ``label``, ``defect``, ``score`` (the image score testing used); ``threshold``: the image
-    threshold (None or NaN: not calibrated)."""
+    threshold (None or NaN: not calibrated); ``scale_threshold``: a threshold on the maps' own scale that sets
+    the colour scale and is marked on the bar (default ``threshold``: an image score that is the map's maximum)."""
     n = len(examples["image"])
     if n == 0:
         raise ValueError("no test examples to draw")
     threshold = float(threshold) if known(threshold) else None
+    mark = threshold if scale_threshold is None else (float(scale_threshold) if known(scale_threshold) else None)
     maps = torch.stack([m.float() for m in examples["map"]])
-    vmin, vmax = shared_scale(maps, threshold)
+    vmin, vmax = shared_scale(maps, mark)
     recons = examples.get("reconstruction") or [None] * n
     overlay = any(rec is None for rec in recons)
     width, height = examples_figure_size(n)
@@ -164,7 +167,7 @@ def examples_grid(examples: dict[str, list[Any]], threshold: float | None = None
     cbar_x = x0 + 4 * (tile_w + GAP_IN * DPI / width)
     grid_h = n * (TILE_IN + GAP_IN) * DPI / height - GAP_IN * DPI / height
     cax = fig.add_axes((cbar_x, 1 - HEADER_IN * DPI / height - grid_h, CBAR_IN * DPI / width, grid_h))
-    colour_bar(fig, cax, vmin, vmax, threshold, over=bool(maps.max() > vmax), fontsize=7.5,
+    colour_bar(fig, cax, vmin, vmax, mark, over=bool(maps.max() > vmax), fontsize=7.5,
                label="anomaly map (all rows)")
     return fig
 
@@ -201,5 +204,6 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def save_examples(examples: dict[str, list[Any]], path: str | Path, threshold: float | None = None) -> None:
-    atomic_write_bytes(path, figure_png(examples_grid(examples, threshold)))
+def save_examples(examples: dict[str, list[Any]], path: str | Path, threshold: float | None = None,
+                  scale_threshold: float | None = None) -> None:
+    atomic_write_bytes(path, figure_png(examples_grid(examples, threshold, scale_threshold)))
