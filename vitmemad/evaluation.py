@@ -39,12 +39,15 @@ class TestEvaluator(nn.Module):
     def update(self, maps: torch.Tensor, batch: dict[str, Any], score_maps: torch.Tensor | None = None) -> torch.Tensor:
         """Maps (B, S, S) at the model's size; the batch's masks at native size. Returns the image scores (B,): the
         maxima of ``score_maps`` (``AnomalyMapGenerator.score_maps``; default the maps) at native size."""
-        if self.has_masks:
-            for full, mask in native_maps(maps, batch["mask"]):
+        scores = []
+        for full, mask in native_maps(maps, batch["mask"]):
+            if self.has_masks:
                 self.pixel_auroc.update(full, mask[None])
                 self.pro.update(full, mask[None])
-        scored = maps if score_maps is None else score_maps
-        scores_t = torch.stack([full.amax() for full, _ in native_maps(scored, batch["mask"])]).float()
+            scores.append(full.amax())
+        if score_maps is not None and score_maps is not maps:  # resize only a map that is not the one above
+            scores = [full.amax() for full, _ in native_maps(score_maps, batch["mask"])]
+        scores_t = torch.stack(scores).float()
         labels = torch.as_tensor(batch["label"], device=scores_t.device).long()
         self.image_auroc.update_scores(scores_t, labels)
         self.records += [(float(s), int(l), str(d)) for s, l, d in zip(scores_t.cpu(), labels.cpu(), batch["defect"])]

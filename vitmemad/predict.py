@@ -204,7 +204,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 scored = scorer.score_maps(maps)
                 for j, idx in enumerate(batch["ok"]):
                     full = resize_maps(maps[j : j + 1], batch["size"][idx])[0].cpu()
-                    score = float(resize_maps(scored[j : j + 1], batch["size"][idx]).max())
+                    own = full if scored is maps else resize_maps(scored[j : j + 1], batch["size"][idx])
+                    score = float(own.max())
                     if not math.isfinite(score):  # a broken checkpoint: say so rather than write NaN maps
                         batch["error"][idx] = f"the anomaly map is not finite ({score}); is the checkpoint broken?"
                         continue
