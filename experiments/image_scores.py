@@ -2,12 +2,15 @@
 
     python experiments/image_scores.py CKPT... [--part val|test|all] [--sigmas 2 4 6] [--source both]
     python experiments/image_scores.py CKPT... --readout     # the memory read-out residual |z - z_hat|^2 per token
+    python experiments/image_scores.py CKPT... --image-sigmas 6 12 16   # normal_z as the run would score it
 
 For each sigma, the run's map (``--source``, default the run's own) as it is (``raw``), minus the mean map of the
 run's held-out normal validation images (``sub``, what ``anomaly_map.reference=normal_mean`` does), and divided by
 their per-pixel std after that (``z``); each scored as the map's maximum and as the mean of its top 0.1 / 0.3 / 1 /
 3 % pixels (image AUROC), with pixel AUROC and PRO. Research only: prints one JSON object per checkpoint and
-setting. docs/research.md has what it showed.
+setting. With ``--image-sigmas`` it scores the run's own map (its source and sigma) instead, standardised at each
+``anomaly_map.image_sigma`` by the pipeline's own generator (``map`` = ``normal_z``), plus the plain maximum of
+that smoother map (``map`` = ``max``). docs/research.md has what it showed.
 """
 from __future__ import annotations
 
@@ -65,6 +68,27 @@ def map_variants(module, items: list, source: str, sigmas: list[float], precisio
             yield {"source": source, "sigma": sigma, "map": name, **scores_of(variant, items)}
 
 
+def image_sigma_variants(module, items: list, image_sigmas: list[float], precision: str):
+    """The run's own map scored as ``anomaly_map.image_score=max|normal_z`` with each ``image_sigma``: the
+    generator's own calibration (mean of the raw maps, std of the maps the score reads) on the run's normal
+    validation images."""
+    cfg = module.run_config["anomaly_map"]
+    source, sigma = cfg["source"], float(cfg["sigma"])
+    smoother = AnomalyMapGenerator(sigma=sigma)
+    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window, precision)
+    normal = select_map.reference_errors(module, module.run_config, precision, "normal_mean")
+    maps = torch.cat([select_map.smoothed(errors, i, source, smoother) for i in range(len(items))])
+    normals = torch.cat([select_map.smoothed(normal, i, source, smoother) for i in range(len(normal["l2"]))])
+    for image_sigma in image_sigmas:
+        for score in ("max", "normal_z"):
+            generator = AnomalyMapGenerator(sigma=sigma, image_size=maps.shape[-1], image_score=score,
+                                            image_sigma=image_sigma)
+            if generator.needs_normal_maps:
+                generator.set_normal_statistics(normals.mean(0), generator.image_maps(normals).std(0))
+            row = scores_of(list(generator.score_maps(maps)), items)
+            yield {"source": source, "sigma": sigma, "image_sigma": image_sigma, "map": score, **row}
+
+
 @torch.no_grad()
 def readout_maps(module, items: list, precision: str) -> list[torch.Tensor]:
     """|z - z_hat|^2 per position of the memory, upsampled to the input size; z and z_hat are caught on the memory
@@ -90,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigmas", nargs="+", type=float, default=[2.0, 4.0, 6.0])
     parser.add_argument("--source", choices=select_map.SOURCES)
     parser.add_argument("--readout", action="store_true")
+    parser.add_argument("--image-sigmas", nargs="+", type=float,
+                        help="score the run's own map as the pipeline would with these anomaly_map.image_sigma")
     args = parser.parse_args(argv)
     for path in args.ckpts:
         module = load_module(path)
@@ -100,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(module.net, "memory", None) is None:
                 parser.error(f"{path}: the model has no memory module")
             rows = [{"map": "readout", **scores_of(readout_maps(module, items, precision), items)}]
+        elif args.image_sigmas:
+            rows = image_sigma_variants(module, items, args.image_sigmas, precision)
         else:
             rows = map_variants(module, items, args.source or cfg["anomaly_map"]["source"], args.sigmas, precision)
         for row in rows:

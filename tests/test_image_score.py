@@ -1,9 +1,11 @@
 """``anomaly_map.image_score=normal_z``: each image scored by the maximum of its map standardised per pixel by the
-normal validation images' maps, while the pixel metrics and predict's maps keep the map itself."""
+normal validation images' maps, while the pixel metrics and predict's maps keep the map itself; and
+``anomaly_map.image_sigma``: the image score reads the map smoothed further."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +14,10 @@ import torch
 from helpers import TINY_DEMO, assert_real_png, read_metrics, run_here
 from vitmemad.callbacks.thresholds import ThresholdCalibration
 from vitmemad.data import write_demo_dataset
+from vitmemad.export import ExportError, export_onnx
 from vitmemad.inference import load_module, output_names
 from vitmemad.metrics import ImageAUROC
-from vitmemad.models.anomaly_map import STD_EPS, STD_FLOOR, AnomalyMapGenerator
+from vitmemad.models.anomaly_map import STD_EPS, STD_FLOOR, AnomalyMapGenerator, gaussian_smooth
 
 SIZE = 32
 
@@ -49,10 +52,12 @@ class Module(torch.nn.Module):
         return t[None]
 
 
-def calibrated(image_score: str, reference: str = "none", sigma: float = 0.0) -> tuple[Module, torch.Tensor]:
+def calibrated(image_score: str, reference: str = "none", sigma: float = 0.0, image_sigma: float | None = None,
+               maps=normal_and_defect_maps) -> tuple[Module, torch.Tensor]:
     """A module calibrated on the held-out normal maps (the first 12), and the maps of the other 12."""
-    normal, _ = normal_and_defect_maps()
-    module = Module(AnomalyMapGenerator(sigma=sigma, reference=reference, image_size=SIZE, image_score=image_score))
+    normal, _ = maps()
+    module = Module(AnomalyMapGenerator(sigma=sigma, reference=reference, image_size=SIZE, image_score=image_score,
+                                        image_sigma=image_sigma))
     callback = ThresholdCalibration()
     callback._maps = [normal[:6], normal[6:12]]  # raw maps, as on_validation_batch_end keeps them
     callback.on_validation_epoch_end(None, module)
@@ -101,8 +106,68 @@ def test_before_any_validation_the_standardised_score_is_the_maximum():
     torch.testing.assert_close(generator.image_scores(maps), maps.flatten(1).amax(1))
 
 
+def stray_pixels_and_regions(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw maps of 24 normal and 6 defective images: every image has one bright stray pixel somewhere (noise the
+    model makes everywhere); each defect adds a dimmer 6 x 6 region."""
+    g = torch.Generator().manual_seed(seed)
+    maps = 0.01 * torch.rand(30, SIZE, SIZE, generator=g)
+    where = torch.randint(4, SIZE - 4, (30, 2), generator=g)
+    maps[torch.arange(30), where[:, 0], where[:, 1]] += 1.0
+    maps[24:, 10:16, 12:18] += 0.4
+    return maps[:24], maps[24:]
+
+
+@pytest.mark.parametrize("image_score", ["max", "normal_z"])
+def test_a_wider_image_sigma_scores_a_region_rather_than_a_stray_pixel(image_score):
+    _, defect = stray_pixels_and_regions()
+    aurocs = {}
+    for image_sigma in (None, 2.0):
+        module, normal = calibrated(image_score, image_sigma=image_sigma, maps=stray_pixels_and_regions)
+        generator = module.anomaly_map
+        aurocs[image_sigma] = auroc(generator.image_scores(normal), generator.image_scores(defect))
+        x, recon = torch.rand(2, 3, SIZE, SIZE), torch.rand(2, 3, SIZE, SIZE)
+        torch.testing.assert_close(generator(x, recon), AnomalyMapGenerator(sigma=0.0)(x, recon))  # pixel maps kept
+    assert aurocs[None] < 0.7 and aurocs[2.0] == 1.0
+
+
+def test_with_an_image_sigma_the_statistics_are_those_of_the_maps_the_score_reads():
+    module, held = calibrated("normal_z", sigma=1.0, image_sigma=2.0)
+    generator = module.anomaly_map
+    normal, _ = normal_and_defect_maps()
+    extra = generator.extra_sigma
+    assert extra == pytest.approx(3 ** 0.5)
+    smoothed = gaussian_smooth(normal[:12], extra)
+    torch.testing.assert_close(generator.normal_mean, normal[:12].mean(0))  # the raw maps' mean: the reference's
+    std = gaussian_smooth(smoothed.std(0)[None], 2.0)[0]
+    torch.testing.assert_close(generator.normal_std, std + STD_FLOOR * std.mean() + STD_EPS)
+    expected = (gaussian_smooth(held, extra) - smoothed.mean(0)) / generator.normal_std
+    torch.testing.assert_close(generator.score_maps(held), expected, rtol=1e-4, atol=1e-4)
+    assert float(module.image_threshold) == pytest.approx(float(torch.quantile(
+        generator.image_scores(normal[:12]), 0.99)))
+    assert not generator.score_is_map_maximum and AnomalyMapGenerator(sigma=2.0).score_is_map_maximum
+
+
+def test_gaussians_compose_so_the_extra_smoothing_reaches_the_image_sigma():
+    maps = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(0))
+    twice = gaussian_smooth(gaussian_smooth(maps, 2.0), (3.0 ** 2 - 2.0 ** 2) ** 0.5)
+    once = gaussian_smooth(maps, 3.0)
+    inner = (slice(None), slice(16, 48), slice(16, 48))  # away from the reflected borders
+    torch.testing.assert_close(twice[inner], once[inner], rtol=0, atol=2e-3)
+
+
+def test_a_score_the_onnx_map_cannot_reproduce_is_not_exported(tmp_path):
+    generator = AnomalyMapGenerator(sigma=2.0, image_sigma=4.0, image_size=SIZE)
+    with pytest.raises(ExportError, match="anomaly_map.image_sigma=4 is not exported"):
+        export_onnx(SimpleNamespace(anomaly_map=generator), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
 @pytest.mark.parametrize("kwargs,message", [({"image_score": "mean"}, "anomaly_map.image_score must be one of"),
-                                            ({"image_score": "normal_z"}, "needs anomaly_map.image_size")])
+                                            ({"image_score": "normal_z"}, "needs anomaly_map.image_size"),
+                                            ({"sigma": 4.0, "image_sigma": 2.0}, "anomaly_map.image_sigma must be >="),
+                                            ({"sigma": 4.0, "image_sigma": 8.0, "image_size": 32},
+                                             "anomaly_map.image_sigma=8 is too wide for a 32 px map"),
+                                            ({"sigma": 8.0, "image_size": 32}, "anomaly_map.sigma=8 is too wide")])
 def test_bad_settings_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AnomalyMapGenerator(**kwargs)
@@ -110,11 +175,12 @@ def test_bad_settings_name_the_key(kwargs, message):
 
 def test_a_run_with_the_standardised_score_tests_predicts_and_refuses_export(tmp_path):
     run = tmp_path / "run"
-    run_here("vitmemad.train", *TINY_DEMO, "anomaly_map.image_score=normal_z", f"hydra.run.dir={run}")
+    run_here("vitmemad.train", *TINY_DEMO, "anomaly_map.image_score=normal_z", "anomaly_map.image_sigma=6",
+             f"hydra.run.dir={run}")
     record = read_metrics(run)
     module = load_module(record["ckpt_path"])
     generator = module.anomaly_map
-    assert generator.image_score == "normal_z"
+    assert generator.image_score == "normal_z" and generator.image_sigma == 6.0
     assert not torch.equal(generator.normal_std, torch.ones_like(generator.normal_std))  # calibrated, saved
     assert record["image_AUROC"] is not None and record["pixel_AUROC"] is not None
     assert_real_png(run / "examples.png")  # the maps' colour scale comes from the pixel threshold here

@@ -137,9 +137,12 @@ def export_onnx(module: AnomalyModule, path: str | Path, *, opset: int = DEFAULT
     import onnx
 
     path = Path(path)
-    if module.anomaly_map.image_score != "max":
-        raise ExportError(f"anomaly_map.image_score={module.anomaly_map.image_score} is not exported: the ONNX file "
-                          "holds the map, scored by its maximum; predict with the checkpoint instead")
+    generator = module.anomaly_map
+    if not generator.score_is_map_maximum:
+        setting = (f"anomaly_map.image_score={generator.image_score}" if generator.image_score != "max"
+                   else f"anomaly_map.image_sigma={generator.image_sigma:g}")
+        raise ExportError(f"{setting} is not exported: the ONNX file holds the map, scored by its maximum; predict "
+                          "with the checkpoint instead")
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.to("cpu").eval()

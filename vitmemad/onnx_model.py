@@ -71,6 +71,7 @@ class OnnxScorer:
 
     device = torch.device("cpu")
     image_score = "max"  # the only score export_onnx writes
+    score_is_map_maximum = True
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         path = Path(path).expanduser()

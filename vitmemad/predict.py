@@ -211,7 +211,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                         continue
                     write_image_outputs(out, names[idx], full, batch["original"][idx], image_thr,
                                         pixel_thr if write_masks else None, write_overlays, legend, score,
-                                        None if scorer.image_score == "max" else pixel_thr)
+                                        None if scorer.score_is_map_maximum else pixel_thr)
                     label = None if image_thr is None else int(score > image_thr)
                     records[idx] = {"path": str(paths[idx]), "score": score, "label": label,
                                     "threshold": image_thr, "error": None,

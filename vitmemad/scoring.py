@@ -23,6 +23,7 @@ class Scorer(Protocol):
     image_size: int
     thresholds: tuple[float | None, float | None]
     image_score: str  # anomaly_map.image_score: "max" (the map's maximum) or "normal_z"
+    score_is_map_maximum: bool  # whether the image threshold is on the map's scale (AnomalyMapGenerator's)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -55,6 +56,7 @@ class CheckpointScorer:
         self.thresholds = calibrated_thresholds(module)
         self.model = ScoringModel(module, bf16=precision == "bf16-mixed").eval()
         self.image_score = module.anomaly_map.image_score
+        self.score_is_map_maximum = module.anomaly_map.score_is_map_maximum
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.to(self.device)).float()  # float32 whatever ran inside

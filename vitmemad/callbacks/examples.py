@@ -48,7 +48,7 @@ class ExampleGrid(L.Callback):
         if trainer.is_global_zero and self.examples.get("image"):
             threshold, scale = (as_float(getattr(pl_module, name, None)) for name in ("image_threshold",
                                                                                       "pixel_threshold"))
-            if getattr(getattr(pl_module, "anomaly_map", None), "image_score", "max") == "max":
+            if getattr(getattr(pl_module, "anomaly_map", None), "score_is_map_maximum", True):
                 scale = None  # the image score is the map's maximum: its threshold is on the maps' scale
             save_examples(self.examples, Path(trainer.default_root_dir) / self.filename, threshold, scale)
 

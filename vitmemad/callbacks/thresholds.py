@@ -5,8 +5,8 @@ it): predict labels images with the thresholds it saves in the module's buffers 
 score, ``anomaly_map.image_score``) and ``pixel_threshold`` (for the binary mask output).
 
 With ``anomaly_map.reference=normal_mean`` or ``image_score=normal_z`` it first sets the map generator's
-statistics of the same validation images (the per-pixel mean and std of their raw maps, over all DDP ranks) and
-takes the thresholds on the maps and image scores as they will be scored.
+statistics of the same validation images (the per-pixel mean of their raw maps and std of the maps the image score
+reads, over all DDP ranks) and takes the thresholds on the maps and image scores as they will be scored.
 """
 from __future__ import annotations
 
@@ -57,7 +57,10 @@ class ThresholdCalibration(L.Callback):
         generator = pl_module.anomaly_map
         batches, self._maps = self._maps, []
         if generator.needs_normal_maps:
-            generator.set_normal_statistics(*normal_statistics(pl_module, batches))
+            mean, std = normal_statistics(pl_module, batches)
+            if generator.extra_sigma > 0:  # the image score reads the maps smoothed further: their own spread
+                _, std = normal_statistics(pl_module, [generator.image_maps(b) for b in batches])
+            generator.set_normal_statistics(mean, std)
             batches = [generator.subtract_reference(b) for b in batches]
         image = torch.cat([generator.image_scores(b) for b in batches])
         pixel = torch.cat([subsample(b.flatten(), MAX_PIXELS_PER_BATCH) for b in batches])

@@ -14,8 +14,13 @@ is nearly flat, so subtracting it changes little.
 (raw map - mean) / std over the same normal validation images, while the pixel metrics and predict's maps keep the
 map itself. Where a model's error is high on every normal image (tread edges, specular rims), a defect elsewhere
 no longer has to outshine it to raise the image's score; the standardised map is no localisation (it divides by
-the tiny spread of flat background), so it only feeds the image score. The std is smoothed with the map's
+the tiny spread of flat background), so it only feeds the image score. The std is smoothed with the image score's
 Gaussian and floored at 1e-3 of its mean (STD_FLOOR).
+
+``image_sigma`` (not in the paper; default: ``sigma``) smooths the maps the image score reads further, to a
+Gaussian of that sigma, while the pixel metrics keep the map at ``sigma``. A standardised map is noisy where normal
+images barely vary, so its maximum is often one stray pixel; a wider Gaussian makes the score a region's evidence.
+Gaussians compose, so the map at ``sigma`` is smoothed once more with sqrt(image_sigma^2 - sigma^2).
 
 Feature-space models (PatchCore, ``vitmemad_feat``) return their own ``anomaly_map`` at feature
 resolution (a per-position feature distance); it is upsampled bilinearly to the input size and
@@ -40,6 +45,19 @@ STD_FLOOR = 1e-3  # of the mean std: a pixel that never varies on normal images 
 STD_EPS = 1e-12  # ... nor can a map that never varies anywhere
 
 
+def kernel_radius(sigma: float) -> int:
+    """Half the width of the Gaussian kernel ``smooth`` uses for ``sigma``: 4 sigma, rounded."""
+    return int(4.0 * sigma + 0.5)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of (B, H, W) maps (reflected borders); the maps themselves for sigma = 0."""
+    if sigma <= 0:
+        return maps
+    ksize = 2 * kernel_radius(sigma) + 1
+    return gaussian_blur2d(maps[:, None], (ksize, ksize), (sigma, sigma), border_type="reflect")[:, 0]
+
+
 def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_window: int = 11) -> torch.Tensor:
     """One unsmoothed (B, H, W) error term of float32 images: squared error or 1 - SSIM, averaged over channels."""
     if term == "l2":
@@ -49,7 +67,7 @@ def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_wi
 
 class AnomalyMapGenerator(nn.Module):
     def __init__(self, source: str = "l2", sigma: float = 4.0, ssim_window: int = 11, reference: str = "none",
-                 image_size: int | None = None, image_score: str = "max") -> None:
+                 image_size: int | None = None, image_score: str = "max", image_sigma: float | None = None) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"anomaly_map.source must be one of {SOURCES}, got {source!r}")
@@ -62,11 +80,20 @@ class AnomalyMapGenerator(nn.Module):
         for key, value in (("reference", reference), ("image_score", image_score)):
             if value.startswith("normal_") and not image_size:
                 raise ValueError(f"anomaly_map.{key}={value} needs anomaly_map.image_size (the model's input size)")
+        if image_sigma is not None and float(image_sigma) < sigma:
+            raise ValueError(f"anomaly_map.image_sigma must be >= anomaly_map.sigma ({sigma}): the image score smooths "
+                             f"the map further, got {image_sigma}")
+        self.image_sigma = float(sigma if image_sigma is None else image_sigma)
+        for key, value in (("sigma", float(sigma)), ("image_sigma", self.image_sigma)):
+            if image_size and kernel_radius(value) >= int(image_size):
+                raise ValueError(f"anomaly_map.{key}={value:g} is too wide for a {image_size} px map: its Gaussian "
+                                 f"reaches {kernel_radius(value)} px; use at most {(int(image_size) - 1) / 4:g}")
         self.source = source
         self.sigma = float(sigma)
         self.ssim_window = ssim_window
         self.reference = reference
         self.image_score = image_score
+        self.extra_sigma = (self.image_sigma ** 2 - self.sigma ** 2) ** 0.5  # maps at sigma -> at image_sigma
         if self.needs_normal_maps:  # until the first validation: the raw map, and z = the raw map
             self.register_buffer("normal_mean", torch.zeros(int(image_size), int(image_size)))
         if image_score == "normal_z":
@@ -81,24 +108,36 @@ class AnomalyMapGenerator(nn.Module):
         """Whether the normal validation images' maps set a statistic here (``ThresholdCalibration``)."""
         return self.has_reference or self.image_score != "max"
 
+    @property
+    def score_is_map_maximum(self) -> bool:
+        """Whether each image's score is its map's own maximum (MVTec's), so the image threshold is on the map's
+        scale (colour bars) and an ONNX file of the map alone reproduces the score."""
+        return self.image_score == "max" and self.extra_sigma == 0
+
     def set_reference(self, mean_map: torch.Tensor) -> None:
         """The mean raw map (S, S) of normal validation images, subtracted from every later map."""
         self.normal_mean.copy_(mean_map.to(self.normal_mean))
 
     def set_normal_statistics(self, mean_map: torch.Tensor, std_map: torch.Tensor) -> None:
-        """Per-pixel mean and std (S, S) of the raw maps of normal validation images: the reference (when on) and
-        the image score's standardisation (``image_score="normal_z"``)."""
+        """Per-pixel mean (S, S) of the raw maps of normal validation images, the reference (when on), and std of
+        the same maps as the image score reads them (``image_maps``), its standardisation
+        (``image_score="normal_z"``)."""
         self.set_reference(mean_map)
         if self.image_score == "normal_z":
-            std = self.smooth(std_map.float()[None])[0]
+            std = gaussian_smooth(std_map.float()[None], self.image_sigma)[0]
             self.normal_std.copy_((std + STD_FLOOR * std.mean() + STD_EPS).to(self.normal_std))
 
+    def image_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) maps at ``sigma`` -> at ``image_sigma``: the same tensor when the two are equal."""
+        return gaussian_smooth(maps, self.extra_sigma)
+
     def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) maps as this generator returns them -> the maps whose maximum is each image's score: the same
-        maps, or with ``image_score="normal_z"`` the raw maps standardised per pixel."""
+        """(B, H, W) maps as this generator returns them -> the maps whose maximum is each image's score: the maps
+        at ``image_sigma`` (the same maps by default), with ``image_score="normal_z"`` standardised per pixel."""
         if self.image_score == "max":
-            return maps
-        return (self.add_reference(maps) - self.normal_mean) / self.normal_std
+            return self.image_maps(maps)
+        mean = self.image_maps(self.normal_mean[None])[0]  # the mean of the smoothed maps: smoothing is linear
+        return (self.image_maps(self.add_reference(maps)) - mean) / self.normal_std
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, H, W) maps -> (B,) image scores at the map's resolution."""
@@ -121,10 +160,7 @@ class AnomalyMapGenerator(nn.Module):
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
         """Gaussian smoothing of (B, H, W) maps with ``sigma`` (a no-op for sigma = 0)."""
-        if self.sigma > 0:
-            ksize = 2 * int(4.0 * self.sigma + 0.5) + 1
-            maps = gaussian_blur2d(maps[:, None], (ksize, ksize), (self.sigma, self.sigma), border_type="reflect")[:, 0]
-        return maps
+        return gaussian_smooth(maps, self.sigma)
 
     def from_distances(self, distances: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, h, w) feature-space distances -> (B, H, W) float32 map: bilinear upsampling, then smoothing."""
