@@ -2,15 +2,15 @@
 
     python experiments/image_scores.py CKPT... [--part val|test|all] [--sigmas 2 4 6] [--source both]
     python experiments/image_scores.py CKPT... --readout     # the memory read-out residual |z - z_hat|^2 per token
-    python experiments/image_scores.py CKPT... --image-sigmas 6 12 16   # normal_z as the run would score it
+    python experiments/image_scores.py CKPT... --image-sigmas 6 12 16   # every image_score as the run would
 
 For each sigma, the run's map (``--source``, default the run's own) as it is (``raw``), minus the mean map of the
 run's held-out normal validation images (``sub``, what ``anomaly_map.reference=normal_mean`` does), and divided by
 their per-pixel std after that (``z``); each scored as the map's maximum and as the mean of its top 0.1 / 0.3 / 1 /
 3 % pixels (image AUROC), with pixel AUROC and PRO. Research only: prints one JSON object per checkpoint and
-setting. With ``--image-sigmas`` it scores the run's own map (its source and sigma) instead, standardised at each
-``anomaly_map.image_sigma`` by the pipeline's own generator (``map`` = ``normal_z``), plus the plain maximum of
-that smoother map (``map`` = ``max``). docs/research.md has what it showed.
+setting. With ``--image-sigmas`` it scores the run's own map (its source and sigma) instead, at each
+``anomaly_map.image_sigma``, as each ``anomaly_map.image_score`` (``map``) scores it with the pipeline's own
+generator. docs/research.md has what it showed.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import select_map  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
-from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps  # noqa: E402
+from vitmemad.models.anomaly_map import IMAGE_SCORES, AnomalyMapGenerator, resize_maps  # noqa: E402
 from vitmemad.trainer_precision import is_bf16  # noqa: E402
 
 TOP_FRACTIONS = (0.001, 0.003, 0.01, 0.03)
@@ -69,9 +69,9 @@ def map_variants(module, items: list, source: str, sigmas: list[float], precisio
 
 
 def image_sigma_variants(module, items: list, image_sigmas: list[float], precision: str):
-    """The run's own map scored as ``anomaly_map.image_score=max|normal_z`` with each ``image_sigma``: the
-    generator's own calibration (mean of the raw maps, std of the maps the score reads) on the run's normal
-    validation images."""
+    """The run's own map scored as ``anomaly_map.image_score=max|normal_z|max_and_z`` with each ``image_sigma``:
+    the generator's own calibration (as ``ThresholdCalibration`` does it) on the run's normal validation images.
+    ``max`` is image AUROC (with pixel AUROC and PRO for the plain maximum's map at ``image_sigma``)."""
     cfg = module.run_config["anomaly_map"]
     source, sigma = cfg["source"], float(cfg["sigma"])
     smoother = AnomalyMapGenerator(sigma=sigma)
@@ -79,13 +79,18 @@ def image_sigma_variants(module, items: list, image_sigmas: list[float], precisi
     normal = select_map.reference_errors(module, module.run_config, precision, "normal_mean")
     maps = torch.cat([select_map.smoothed(errors, i, source, smoother) for i in range(len(items))])
     normals = torch.cat([select_map.smoothed(normal, i, source, smoother) for i in range(len(normal["l2"]))])
+    labels, sizes = [int(item["label"]) for item in items], [tuple(item["mask"].shape[-2:]) for item in items]
     for image_sigma in image_sigmas:
-        for score in ("max", "normal_z"):
+        for score in IMAGE_SCORES:
             generator = AnomalyMapGenerator(sigma=sigma, image_size=maps.shape[-1], image_score=score,
                                             image_sigma=image_sigma)
             if generator.needs_normal_maps:
                 generator.set_normal_statistics(normals.mean(0), generator.image_maps(normals).std(0))
-            row = scores_of(list(generator.score_maps(maps)), items)
+                generator.set_score_statistics(torch.stack([p.flatten(1).amax(1)
+                                                            for p in generator.score_parts(normals)]))
+            row = {"max": image_auroc(generator.image_scores(maps, sizes).tolist(), labels)}
+            if score == "max":
+                row = {**scores_of(list(generator.score_parts(maps)[0]), items), **row}
             yield {"source": source, "sigma": sigma, "image_sigma": image_sigma, "map": score, **row}
 
 

@@ -71,7 +71,7 @@ def test_the_standardised_score_finds_a_defect_the_maximum_misses():
     assert auroc(plain.image_scores(normal), plain.image_scores(defect)) < 0.9  # the edge outshines the bump
     z = module.anomaly_map
     assert auroc(z.image_scores(normal), z.image_scores(defect)) == 1.0
-    assert torch.equal(plain.score_maps(normal), normal)  # image_score=max scores the map itself
+    assert plain.score_parts(normal)[0] is normal  # image_score=max scores the map itself
 
 
 @pytest.mark.parametrize("reference", ["none", "normal_mean"])
@@ -104,6 +104,46 @@ def test_before_any_validation_the_standardised_score_is_the_maximum():
     generator = AnomalyMapGenerator(sigma=0.0, image_size=SIZE, image_score="normal_z")
     maps = torch.rand(3, SIZE, SIZE)
     torch.testing.assert_close(generator.image_scores(maps), maps.flatten(1).amax(1))
+
+
+def two_kinds_of_defect() -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out normal maps as ``normal_and_defect_maps`` makes them, then 12 more normal maps of which 3 carry a
+    harmless faint bump where normal images are quiet, and 6 defects: 3 small bumps in the quiet half (the
+    standardised map finds them, the maximum does not) and 3 large errors on the busy half (the maximum finds them;
+    standardised, they are below the faint bumps)."""
+    normal, defect = normal_and_defect_maps()
+    normal = normal.clone()
+    normal[12:15, 4:8, 24:28] += 0.05
+    defect = defect.clone()
+    defect[3:, 20:24, 24:28] -= 0.5
+    defect[3:, 8:12, 4:8] += 1.0
+    return normal, defect
+
+
+@pytest.mark.parametrize("reference", ["none", "normal_mean"])
+def test_max_and_z_adds_two_standardised_maxima_and_finds_both_kinds_of_defect(reference):
+    module, normal = calibrated("max_and_z", reference, maps=two_kinds_of_defect)
+    generator = module.anomaly_map
+    held_out = two_kinds_of_defect()[0][:12]
+    raw_max = generator.subtract_reference(held_out).flatten(1).amax(1)  # the map as the generator returns it
+    z_max = ((held_out - held_out.mean(0)) / generator.normal_std).flatten(1).amax(1)
+    torch.testing.assert_close(generator.score_mean, torch.stack([raw_max.mean(), z_max.mean()]))
+    torch.testing.assert_close(generator.score_std, torch.stack([raw_max.std(), z_max.std()]) + STD_EPS)
+    _, defect = two_kinds_of_defect()
+    scored = [generator.subtract_reference(m) for m in (normal, defect)]  # as the maps arrive
+    combined = generator.image_scores(scored[0])
+    parts = [(p.flatten(1).amax(1) - mean) / std for p, mean, std in
+             zip(generator.score_parts(scored[0]), generator.score_mean, generator.score_std)]
+    torch.testing.assert_close(combined, parts[0] + parts[1])
+    assert float(module.image_threshold) == pytest.approx(float(torch.quantile(
+        generator.image_scores(generator.subtract_reference(held_out)), 0.99)))
+    assert not generator.score_is_map_maximum
+    if reference == "none":  # (with the reference the maximum's part is itself centred, and the faint bumps win)
+        plain = AnomalyMapGenerator(sigma=0.0)
+        z_only, _ = calibrated("normal_z", maps=two_kinds_of_defect)
+        assert auroc(plain.image_scores(normal), plain.image_scores(defect)) < 0.9
+        assert auroc(z_only.anomaly_map.image_scores(normal), z_only.anomaly_map.image_scores(defect)) < 0.9
+        assert auroc(combined, generator.image_scores(defect)) == 1.0
 
 
 def stray_pixels_and_regions(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +181,7 @@ def test_with_an_image_sigma_the_statistics_are_those_of_the_maps_the_score_read
     std = gaussian_smooth(smoothed.std(0)[None], 2.0)[0]
     torch.testing.assert_close(generator.normal_std, std + STD_FLOOR * std.mean() + STD_EPS)
     expected = (gaussian_smooth(held, extra) - smoothed.mean(0)) / generator.normal_std
-    torch.testing.assert_close(generator.score_maps(held), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(generator.score_parts(held)[0], expected, rtol=1e-4, atol=1e-4)
     assert float(module.image_threshold) == pytest.approx(float(torch.quantile(
         generator.image_scores(normal[:12]), 0.99)))
     assert not generator.score_is_map_maximum and AnomalyMapGenerator(sigma=2.0).score_is_map_maximum
@@ -173,15 +213,18 @@ def test_bad_settings_name_the_key(kwargs, message):
         AnomalyMapGenerator(**kwargs)
 
 
-def test_a_run_with_the_standardised_score_tests_predicts_and_refuses_export(tmp_path):
+@pytest.mark.parametrize("image_score", ["normal_z", "max_and_z"])
+def test_a_run_with_a_standardised_score_tests_predicts_and_refuses_export(tmp_path, image_score):
     run = tmp_path / "run"
-    run_here("vitmemad.train", *TINY_DEMO, "anomaly_map.image_score=normal_z", "anomaly_map.image_sigma=6",
+    run_here("vitmemad.train", *TINY_DEMO, f"anomaly_map.image_score={image_score}", "anomaly_map.image_sigma=6",
              f"hydra.run.dir={run}")
     record = read_metrics(run)
     module = load_module(record["ckpt_path"])
     generator = module.anomaly_map
-    assert generator.image_score == "normal_z" and generator.image_sigma == 6.0
+    assert generator.image_score == image_score and generator.image_sigma == 6.0
     assert not torch.equal(generator.normal_std, torch.ones_like(generator.normal_std))  # calibrated, saved
+    if image_score == "max_and_z":
+        assert (generator.score_std != 1).all() and (generator.score_mean != 0).all()
     assert record["image_AUROC"] is not None and record["pixel_AUROC"] is not None
     assert_real_png(run / "examples.png")  # the maps' colour scale comes from the pixel threshold here
 
@@ -191,9 +234,9 @@ def test_a_run_with_the_standardised_score_tests_predicts_and_refuses_export(tmp
     rows = json.loads((out / "predictions.json").read_text())
     assert len(rows) == 4
     names = output_names([Path(row["path"]) for row in rows])
-    for row, name in zip(rows, names):  # the score is the standardised map's maximum, not the written map's
+    for row, name in zip(rows, names):  # the score is the standardised score, not the written map's maximum
         amap = np.load(out / "maps" / f"{name}.npy")
         assert row["error"] is None and row["score"] != pytest.approx(float(amap.max()), rel=1e-3)
 
     refused = run_here("vitmemad.export", f"ckpt_path={record['ckpt_path']}", "format=onnx", check=False)
-    assert refused.returncode == 2 and "anomaly_map.image_score=normal_z is not exported" in refused.stderr
+    assert refused.returncode == 2 and f"anomaly_map.image_score={image_score} is not exported" in refused.stderr

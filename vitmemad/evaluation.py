@@ -36,18 +36,16 @@ class TestEvaluator(nn.Module):
         self.has_masks = bool(has_masks)
         self.records = []
 
-    def update(self, maps: torch.Tensor, batch: dict[str, Any], score_maps: torch.Tensor | None = None) -> torch.Tensor:
-        """Maps (B, S, S) at the model's size; the batch's masks at native size. Returns the image scores (B,): the
-        maxima of ``score_maps`` (``AnomalyMapGenerator.score_maps``; default the maps) at native size."""
-        scores = []
+    def update(self, maps: torch.Tensor, batch: dict[str, Any], scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps (B, S, S) at the model's size; the batch's masks at native size. Returns the image scores (B,):
+        ``scores`` when given (``AnomalyMapGenerator.image_scores``), else the maps' maxima at native size."""
+        native_scores = []
         for full, mask in native_maps(maps, batch["mask"]):
             if self.has_masks:
                 self.pixel_auroc.update(full, mask[None])
                 self.pro.update(full, mask[None])
-            scores.append(full.amax())
-        if score_maps is not None and score_maps is not maps:  # resize only a map that is not the one above
-            scores = [full.amax() for full, _ in native_maps(score_maps, batch["mask"])]
-        scores_t = torch.stack(scores).float()
+            native_scores.append(full.amax())
+        scores_t = (torch.stack(native_scores) if scores is None else scores).float()
         labels = torch.as_tensor(batch["label"], device=scores_t.device).long()
         self.image_auroc.update_scores(scores_t, labels)
         self.records += [(float(s), int(l), str(d)) for s, l, d in zip(scores_t.cpu(), labels.cpu(), batch["defect"])]
@@ -64,6 +62,11 @@ class TestEvaluator(nn.Module):
             "num_test_images": len(records),
             "curves": metric_curves(self.image_auroc, self.pixel_auroc, self.pro, image_threshold),
         }
+
+
+def mask_sizes(masks: Any) -> list[tuple[int, int]]:
+    """Each image's native (H0, W0), from its mask: where image scores are taken."""
+    return [tuple(mask.shape[-2:]) for mask in masks]
 
 
 def native_maps(maps: torch.Tensor, masks: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

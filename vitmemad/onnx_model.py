@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vitmemad.errors import VitmemadError
+from vitmemad.models.anomaly_map import native_maxima
 
 INPUT_NAME, OUTPUT_NAME = "images", "maps"
 PREFIX = "vitmemad."
@@ -90,6 +91,6 @@ class OnnxScorer:
         (maps,) = self.session.run([OUTPUT_NAME], feed)
         return torch.from_numpy(np.asarray(maps, dtype=np.float32))
 
-    def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """The maps themselves: only models scored by the map's maximum are exported (``export_onnx``)."""
-        return maps
+    def image_scores(self, maps: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """The maps' maxima at native size: only models scored by the map's maximum are exported (``export_onnx``)."""
+        return native_maxima(maps, sizes)

@@ -201,11 +201,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         for batch in loader:
             if batch["images"] is not None:
                 maps = scorer(batch["images"])  # float32 (B, S, S), whatever ran inside
-                scored = scorer.score_maps(maps)
+                own = None if scorer.score_is_map_maximum else scorer.image_scores(
+                    maps, [batch["size"][idx] for idx in batch["ok"]])  # a score that is not the map's maximum
                 for j, idx in enumerate(batch["ok"]):
                     full = resize_maps(maps[j : j + 1], batch["size"][idx])[0].cpu()
-                    own = full if scored is maps else resize_maps(scored[j : j + 1], batch["size"][idx])
-                    score = float(own.max())
+                    score = float(full.max() if own is None else own[j])
                     if not math.isfinite(score):  # a broken checkpoint: say so rather than write NaN maps
                         batch["error"][idx] = f"the anomaly map is not finite ({score}); is the checkpoint broken?"
                         continue

@@ -4,8 +4,8 @@
 Both give the same thing, so everything after them (resize to the image, score, label, files) is one code path
 in `vitmemad.predict`: ``scorer(images)`` maps (B, 3, S, S) in [-1, 1] to float32 anomaly maps (B, S, S) on
 ``scorer.device``; ``scorer.image_size`` is S and ``scorer.thresholds`` the calibrated (image, pixel) thresholds
-(None where never calibrated); ``scorer.score_maps(maps)`` the maps whose maxima are the image scores
-(``anomaly_map.image_score``).
+(None where never calibrated); ``scorer.image_scores(maps, sizes)`` the image scores with the maxima taken at each
+image's native size (``anomaly_map.image_score``).
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ class Scorer(Protocol):
     device: torch.device
     image_size: int
     thresholds: tuple[float | None, float | None]
-    image_score: str  # anomaly_map.image_score: "max" (the map's maximum) or "normal_z"
+    image_score: str  # anomaly_map.image_score: "max" (the map's maximum), "normal_z" or "max_and_z"
     score_is_map_maximum: bool  # whether the image threshold is on the map's scale (AnomalyMapGenerator's)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
-    def score_maps(self, maps: torch.Tensor) -> torch.Tensor: ...
+    def image_scores(self, maps: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor: ...
 
 
 def is_onnx(ckpt_path: str | Path) -> bool:
@@ -61,8 +61,8 @@ class CheckpointScorer:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.to(self.device)).float()  # float32 whatever ran inside
 
-    def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.model.anomaly_map.score_maps(maps)
+    def image_scores(self, maps: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+        return self.model.anomaly_map.image_scores(maps, sizes)
 
 
 def open_scorer(ckpt_path: str | Path, device: str | None = "cpu", precision: str = "32-true",

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from vitmemad.errors import ConfigError
-from vitmemad.evaluation import native_maps
+from vitmemad.evaluation import mask_sizes
 from vitmemad.metrics import ImageAUROC
 
 METRIC = "val/image_AUROC"
@@ -28,8 +28,7 @@ class LabelledValidation(L.Callback):
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
             for batch in loader:
                 maps, _ = pl_module.score(batch["image"].to(pl_module.device))
-                score_maps = pl_module.anomaly_map.score_maps(maps.float())
-                scores = torch.stack([full.amax() for full, _ in native_maps(score_maps, batch["mask"])])
+                scores = pl_module.anomaly_map.image_scores(maps.float(), mask_sizes(batch["mask"]))
                 metric.update_scores(scores.float().cpu(), batch["label"].long())
         pl_module.log(METRIC, float(metric.compute()), on_epoch=True, sync_dist=False, rank_zero_only=False)
 

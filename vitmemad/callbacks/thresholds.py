@@ -4,9 +4,10 @@ Every run that writes a checkpoint must carry this callback (``vitmemad.train`` 
 it): predict labels images with the thresholds it saves in the module's buffers ``image_threshold`` (on the image
 score, ``anomaly_map.image_score``) and ``pixel_threshold`` (for the binary mask output).
 
-With ``anomaly_map.reference=normal_mean`` or ``image_score=normal_z`` it first sets the map generator's
-statistics of the same validation images (the per-pixel mean of their raw maps and std of the maps the image score
-reads, over all DDP ranks) and takes the thresholds on the maps and image scores as they will be scored.
+With ``anomaly_map.reference=normal_mean`` or a standardised image score (``normal_z``, ``max_and_z``) it first
+sets the map generator's statistics of the same validation images (the per-pixel mean of their raw maps and std of
+the maps the image score reads; with ``max_and_z`` also the mean and std of each part's image score; over all DDP
+ranks) and takes the thresholds on the maps and image scores as they will be scored.
 """
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def normal_statistics(pl_module: L.LightningModule, batches: list[torch.Tensor])
     return mean.float(), var.sqrt().float()
 
 
+def part_maxima(pl_module: L.LightningModule, batches: list[torch.Tensor]) -> torch.Tensor:
+    """(P, N) maxima of each of the generator's score parts over the normal maps of every DDP rank."""
+    parts = [torch.stack([p.flatten(1).amax(1) for p in pl_module.anomaly_map.score_parts(b)]) for b in batches]
+    local = torch.cat(parts, dim=1)
+    return pl_module.all_gather(local).reshape(-1, *local.shape).transpose(0, 1).reshape(len(local), -1)
+
+
 class ThresholdCalibration(L.Callback):
     def __init__(self, image_quantile: float = 0.99, pixel_quantile: float = 0.999) -> None:
         for key, q in (("image_quantile", image_quantile), ("pixel_quantile", pixel_quantile)):
@@ -62,6 +70,8 @@ class ThresholdCalibration(L.Callback):
                 _, std = normal_statistics(pl_module, [generator.image_maps(b) for b in batches])
             generator.set_normal_statistics(mean, std)
             batches = [generator.subtract_reference(b) for b in batches]
+            if generator.image_score == "max_and_z":
+                generator.set_score_statistics(part_maxima(pl_module, batches))
         image = torch.cat([generator.image_scores(b) for b in batches])
         pixel = torch.cat([subsample(b.flatten(), MAX_PIXELS_PER_BATCH) for b in batches])
         image_scores = pl_module.all_gather(image).flatten().float()

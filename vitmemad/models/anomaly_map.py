@@ -17,6 +17,11 @@ no longer has to outshine it to raise the image's score; the standardised map is
 the tiny spread of flat background), so it only feeds the image score. The std is smoothed with the image score's
 Gaussian and floored at 1e-3 of its mean (STD_FLOOR).
 
+``image_score="max_and_z"`` (not in the paper) adds the two: the map's maximum and the standardised map's
+maximum, each in units of its spread over the same normal validation images ((score - mean) / std), summed. The
+plain maximum finds what is large anywhere (a saturated category's defects), the standardised one what is unusual
+where normal images are quiet; neither has to give up the other's evidence.
+
 ``image_sigma`` (not in the paper; default: ``sigma``) smooths the maps the image score reads further, to a
 Gaussian of that sigma, while the pixel metrics keep the map at ``sigma``. A standardised map is noisy where normal
 images barely vary, so its maximum is often one stray pixel; a wider Gaussian makes the score a region's evidence.
@@ -40,7 +45,7 @@ from .precision import float32_region
 SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim")}
 SOURCES = tuple(SOURCE_TERMS)
 REFERENCES = ("none", "normal_mean")
-IMAGE_SCORES = ("max", "normal_z")
+IMAGE_SCORES = ("max", "normal_z", "max_and_z")
 STD_FLOOR = 1e-3  # of the mean std: a pixel that never varies on normal images cannot divide by zero ...
 STD_EPS = 1e-12  # ... nor can a map that never varies anywhere
 
@@ -96,8 +101,11 @@ class AnomalyMapGenerator(nn.Module):
         self.extra_sigma = (self.image_sigma ** 2 - self.sigma ** 2) ** 0.5  # maps at sigma -> at image_sigma
         if self.needs_normal_maps:  # until the first validation: the raw map, and z = the raw map
             self.register_buffer("normal_mean", torch.zeros(int(image_size), int(image_size)))
-        if image_score == "normal_z":
+        if self.standardises:
             self.register_buffer("normal_std", torch.ones(int(image_size), int(image_size)))
+        if image_score == "max_and_z":  # mean and std of each part's score over normal images: (max, z)
+            self.register_buffer("score_mean", torch.zeros(2))
+            self.register_buffer("score_std", torch.ones(2))
 
     @property
     def has_reference(self) -> bool:
@@ -107,6 +115,11 @@ class AnomalyMapGenerator(nn.Module):
     def needs_normal_maps(self) -> bool:
         """Whether the normal validation images' maps set a statistic here (``ThresholdCalibration``)."""
         return self.has_reference or self.image_score != "max"
+
+    @property
+    def standardises(self) -> bool:
+        """Whether the image score reads the map standardised per pixel (``normal_z``, ``max_and_z``)."""
+        return self.image_score in ("normal_z", "max_and_z")
 
     @property
     def score_is_map_maximum(self) -> bool:
@@ -123,7 +136,7 @@ class AnomalyMapGenerator(nn.Module):
         the same maps as the image score reads them (``image_maps``), its standardisation
         (``image_score="normal_z"``)."""
         self.set_reference(mean_map)
-        if self.image_score == "normal_z":
+        if self.standardises:
             std = gaussian_smooth(std_map.float()[None], self.image_sigma)[0]
             self.normal_std.copy_((std + STD_FLOOR * std.mean() + STD_EPS).to(self.normal_std))
 
@@ -131,17 +144,37 @@ class AnomalyMapGenerator(nn.Module):
         """(B, H, W) maps at ``sigma`` -> at ``image_sigma``: the same tensor when the two are equal."""
         return gaussian_smooth(maps, self.extra_sigma)
 
-    def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) maps as this generator returns them -> the maps whose maximum is each image's score: the maps
-        at ``image_sigma`` (the same maps by default), with ``image_score="normal_z"`` standardised per pixel."""
-        if self.image_score == "max":
-            return self.image_maps(maps)
+    def standardised_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) maps as this generator returns them -> at ``image_sigma``, standardised per pixel."""
         mean = self.image_maps(self.normal_mean[None])[0]  # the mean of the smoothed maps: smoothing is linear
         return (self.image_maps(self.add_reference(maps)) - mean) / self.normal_std
 
-    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) maps -> (B,) image scores at the map's resolution."""
-        return self.score_maps(maps).flatten(1).amax(1)
+    def score_parts(self, maps: torch.Tensor) -> list[torch.Tensor]:
+        """(B, H, W) maps as this generator returns them -> the maps whose maxima make each image's score: the maps
+        at ``image_sigma`` (the same maps by default), standardised per pixel, or both (``max_and_z``)."""
+        if self.image_score == "max":
+            return [self.image_maps(maps)]
+        if self.image_score == "normal_z":
+            return [self.standardised_maps(maps)]
+        return [maps, self.standardised_maps(maps)]
+
+    def combine(self, maxima: torch.Tensor) -> torch.Tensor:
+        """(P, B) maxima of the ``score_parts`` -> (B,) image scores."""
+        if self.image_score != "max_and_z":
+            return maxima[0]
+        return ((maxima - self.score_mean[:, None]) / self.score_std[:, None]).sum(0)
+
+    def image_scores(self, maps: torch.Tensor, sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """(B, H, W) maps -> (B,) image scores: maxima at the map's resolution, or at each image's native ``sizes``
+        (where MVTec's evaluation takes them)."""
+        return self.combine(torch.stack([native_maxima(part, sizes) for part in self.score_parts(maps)]))
+
+    def set_score_statistics(self, maxima: torch.Tensor) -> None:
+        """(P, N) maxima of the score parts over normal validation images -> each part's mean and std
+        (``max_and_z``; a no-op for the other scores)."""
+        if self.image_score == "max_and_z":
+            self.score_mean.copy_(maxima.mean(1).to(self.score_mean))
+            self.score_std.copy_((maxima.std(1) + STD_EPS).to(self.score_std))
 
     def subtract_reference(self, maps: torch.Tensor) -> torch.Tensor:
         return maps - self.normal_mean if self.has_reference else maps
@@ -174,6 +207,13 @@ def anomaly_maps(generator: AnomalyMapGenerator, images: torch.Tensor, out: dict
     if out.get("anomaly_map") is not None:
         return generator.from_distances(out["anomaly_map"], tuple(images.shape[-2:]))
     return generator(images, out["reconstruction"])
+
+
+def native_maxima(maps: torch.Tensor, sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """(B, H, W) maps -> (B,) maxima, each taken after resizing to its ``sizes`` entry when given."""
+    if sizes is None:
+        return maps.flatten(1).amax(1)
+    return torch.stack([resize_maps(maps[i : i + 1], tuple(size)).amax() for i, size in enumerate(sizes)])
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

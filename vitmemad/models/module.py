@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from vitmemad.evaluation import TestEvaluator
+from vitmemad.evaluation import TestEvaluator, mask_sizes
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps
 from .recon_stats import ReconstructionFit
@@ -86,7 +86,9 @@ class AnomalyModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         maps, recon = self.score(batch["image"])
-        scores = self.evaluator.update(maps, batch, self.anomaly_map.score_maps(maps))
+        generator = self.anomaly_map
+        own = None if generator.score_is_map_maximum else generator.image_scores(maps, mask_sizes(batch["mask"]))
+        scores = self.evaluator.update(maps, batch, own)
         if recon is not None:
             normal = torch.as_tensor(batch["label"], device=recon.device) == 0
             self.test_fit.update(batch["image"][normal], recon[normal])
