@@ -204,6 +204,7 @@ def test_a_score_the_onnx_map_cannot_reproduce_is_not_exported(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [({"image_score": "mean"}, "anomaly_map.image_score must be one of"),
                                             ({"image_score": "normal_z"}, "needs anomaly_map.image_size"),
+                                            ({"image_score": "max_and_z"}, "needs anomaly_map.image_size"),
                                             ({"sigma": 4.0, "image_sigma": 2.0}, "anomaly_map.image_sigma must be >="),
                                             ({"sigma": 4.0, "image_sigma": 8.0, "image_size": 32},
                                              "anomaly_map.image_sigma=8 is too wide for a 32 px map"),

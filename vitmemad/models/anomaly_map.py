@@ -83,7 +83,7 @@ class AnomalyMapGenerator(nn.Module):
         if image_score not in IMAGE_SCORES:
             raise ValueError(f"anomaly_map.image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
         for key, value in (("reference", reference), ("image_score", image_score)):
-            if value.startswith("normal_") and not image_size:
+            if value not in ("none", "max") and not image_size:
                 raise ValueError(f"anomaly_map.{key}={value} needs anomaly_map.image_size (the model's input size)")
         if image_sigma is not None and float(image_sigma) < sigma:
             raise ValueError(f"anomaly_map.image_sigma must be >= anomaly_map.sigma ({sigma}): the image score smooths "
@@ -133,8 +133,8 @@ class AnomalyMapGenerator(nn.Module):
 
     def set_normal_statistics(self, mean_map: torch.Tensor, std_map: torch.Tensor) -> None:
         """Per-pixel mean (S, S) of the raw maps of normal validation images, the reference (when on), and std of
-        the same maps as the image score reads them (``image_maps``), its standardisation
-        (``image_score="normal_z"``)."""
+        the same maps as the image score reads them (``image_maps``), its standardisation (``normal_z``,
+        ``max_and_z``)."""
         self.set_reference(mean_map)
         if self.standardises:
             std = gaussian_smooth(std_map.float()[None], self.image_sigma)[0]
