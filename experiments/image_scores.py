@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import select_map  # noqa: E402
+from vitmemad.callbacks.thresholds import calibrate  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import IMAGE_SCORES, AnomalyMapGenerator, resize_maps  # noqa: E402
@@ -70,7 +71,7 @@ def map_variants(module, items: list, source: str, sigmas: list[float], precisio
 
 def image_sigma_variants(module, items: list, image_sigmas: list[float], precision: str):
     """The run's own map scored as ``anomaly_map.image_score=max|normal_z|max_and_z`` with each ``image_sigma``:
-    the generator's own calibration (as ``ThresholdCalibration`` does it) on the run's normal validation images.
+    ``ThresholdCalibration``'s own calibration on the run's normal validation images.
     ``max`` is image AUROC (with pixel AUROC and PRO for the plain maximum's map at ``image_sigma``)."""
     cfg = module.run_config["anomaly_map"]
     source, sigma = cfg["source"], float(cfg["sigma"])
@@ -84,10 +85,7 @@ def image_sigma_variants(module, items: list, image_sigmas: list[float], precisi
         for score in IMAGE_SCORES:
             generator = AnomalyMapGenerator(sigma=sigma, image_size=maps.shape[-1], image_score=score,
                                             image_sigma=image_sigma)
-            if generator.needs_normal_maps:
-                generator.set_normal_statistics(normals.mean(0), generator.image_maps(normals).std(0))
-                generator.set_score_statistics(torch.stack([p.flatten(1).amax(1)
-                                                            for p in generator.score_parts(normals)]))
+            calibrate(generator, [normals])
             row = {"max": image_auroc(generator.image_scores(maps, sizes).tolist(), labels)}
             if score == "max":
                 row = {**scores_of(list(generator.score_parts(maps)[0]), items), **row}

@@ -11,12 +11,13 @@ ranks) and takes the thresholds on the maps and image scores as they will be sco
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
 
 from vitmemad.errors import ConfigError
+from vitmemad.models.anomaly_map import AnomalyMapGenerator
 
 MAX_PIXELS_PER_BATCH = 200_000  # keeps torch.quantile's input small (its limit is 16 M elements)
 
@@ -29,21 +30,39 @@ def subsample(values: torch.Tensor, limit: int) -> torch.Tensor:
     return values[::step]
 
 
-def normal_statistics(pl_module: L.LightningModule, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+Gather = Callable[[torch.Tensor], torch.Tensor]  # LightningModule.all_gather, or the identity in one process
+
+
+def normal_statistics(gather: Gather, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel mean and std (S, S) of raw maps (batches of (B, S, S)) over every DDP rank, in float64 sums."""
     sums = torch.stack([torch.stack([b.double().sum(0), b.double().pow(2).sum(0)]) for b in batches]).sum(0)
-    total = pl_module.all_gather(sums).reshape(-1, *sums.shape).sum(0)
-    count = pl_module.all_gather(sums.new_tensor(float(sum(len(b) for b in batches)))).sum()
+    total = gather(sums).reshape(-1, *sums.shape).sum(0)
+    count = gather(sums.new_tensor(float(sum(len(b) for b in batches)))).sum()
     mean = total[0] / count
     var = (total[1] - count * mean.pow(2)).clamp_min(0) / (count - 1).clamp_min(1)  # unbiased, as torch.std
     return mean.float(), var.sqrt().float()
 
 
-def part_maxima(pl_module: L.LightningModule, batches: list[torch.Tensor]) -> torch.Tensor:
+def part_maxima(generator: AnomalyMapGenerator, gather: Gather, batches: list[torch.Tensor]) -> torch.Tensor:
     """(P, N) maxima of each of the generator's score parts over the normal maps of every DDP rank."""
-    parts = [torch.stack([p.flatten(1).amax(1) for p in pl_module.anomaly_map.score_parts(b)]) for b in batches]
-    local = torch.cat(parts, dim=1)
-    return pl_module.all_gather(local).reshape(-1, *local.shape).transpose(0, 1).reshape(len(local), -1)
+    local = torch.cat([torch.stack([p.flatten(1).amax(1) for p in generator.score_parts(b)]) for b in batches], dim=1)
+    return gather(local).reshape(-1, *local.shape).transpose(0, 1).reshape(len(local), -1)
+
+
+def calibrate(generator: AnomalyMapGenerator, raw_batches: list[torch.Tensor],
+              gather: Gather = lambda t: t) -> list[torch.Tensor]:
+    """Set ``generator``'s statistics of normal validation images from their raw maps (the reference's mean, the
+    standardisation's std, ``max_and_z``'s score statistics) and return the maps as the generator returns them."""
+    if not generator.needs_normal_maps:
+        return raw_batches
+    mean, std = normal_statistics(gather, raw_batches)
+    if generator.extra_sigma > 0:  # the image score reads the maps smoothed further: their own spread
+        _, std = normal_statistics(gather, [generator.image_maps(b) for b in raw_batches])
+    generator.set_normal_statistics(mean, std)
+    batches = [generator.subtract_reference(b) for b in raw_batches]
+    if generator.image_score == "max_and_z":
+        generator.set_score_statistics(part_maxima(generator, gather, batches))
+    return batches
 
 
 class ThresholdCalibration(L.Callback):
@@ -64,14 +83,7 @@ class ThresholdCalibration(L.Callback):
             return
         generator = pl_module.anomaly_map
         batches, self._maps = self._maps, []
-        if generator.needs_normal_maps:
-            mean, std = normal_statistics(pl_module, batches)
-            if generator.extra_sigma > 0:  # the image score reads the maps smoothed further: their own spread
-                _, std = normal_statistics(pl_module, [generator.image_maps(b) for b in batches])
-            generator.set_normal_statistics(mean, std)
-            batches = [generator.subtract_reference(b) for b in batches]
-            if generator.image_score == "max_and_z":
-                generator.set_score_statistics(part_maxima(pl_module, batches))
+        batches = calibrate(generator, batches, pl_module.all_gather)
         image = torch.cat([generator.image_scores(b) for b in batches])
         pixel = torch.cat([subsample(b.flatten(), MAX_PIXELS_PER_BATCH) for b in batches])
         image_scores = pl_module.all_gather(image).flatten().float()
