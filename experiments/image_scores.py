@@ -117,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigmas", nargs="+", type=float, default=[2.0, 4.0, 6.0])
     parser.add_argument("--source", choices=select_map.SOURCES)
     parser.add_argument("--readout", action="store_true")
+    parser.add_argument("--max-shift", type=int,
+                        help="score with registration=shift at this max_shift (0: none; default: the run's own)")
     parser.add_argument("--image-sigmas", nargs="+", type=float,
                         help="score the run's own map as the pipeline would with these anomaly_map.image_sigma")
     args = parser.parse_args(argv)
     for path in args.ckpts:
         module = load_module(path)
+        select_map.set_registration(module, args.max_shift)
         cfg = module.run_config
         items = select_map.test_part(cfg, args.part, 0.5, 0)
         precision = select_map.run_precision(cfg)

@@ -33,6 +33,7 @@ from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import (  # noqa: E402
     REFERENCES, SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps)
 from vitmemad.models.module import AnomalyModule  # noqa: E402
+from vitmemad.models.registration import ShiftRegistration, registered_forward  # noqa: E402
 from vitmemad.trainer_precision import PRECISIONS, is_bf16  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
@@ -65,7 +66,7 @@ def raw_errors(module: AnomalyModule, items: list, ssim_window: int,
     for item in items:
         image = item["image"][None].float()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=is_bf16(precision)):
-            recon = module.net(image)["reconstruction"].float()
+            recon = registered_forward(module.net, module.registration, image)["reconstruction"].float()
         for term, maps in errors.items():
             maps.append(error_term(term, image, recon, ssim_window)[0])
     return errors
@@ -132,6 +133,20 @@ def checkpoint_errors(module: AnomalyModule, part: str, fraction: float = 0.5, s
     return items, errors, reference_errors(module, cfg, precision, reference)
 
 
+def set_registration(module: AnomalyModule, max_shift: int | None) -> None:
+    """Score with ``registration=shift`` at ``max_shift`` (0: without one; None: the run's own), its reference the
+    mean of the run's normal validation images, as a run sets it at fit start."""
+    if max_shift is None:
+        return
+    module.registration = None
+    if max_shift > 0:
+        size = int(module.run_config["data"]["image_size"])
+        registration = ShiftRegistration(max_shift, size)
+        registration.set_reference(torch.stack([item["image"].float()
+                                                for item in normal_validation_items(module.run_config)]).mean(0))
+        module.registration = registration
+
+
 def best_by_mean_rank(rows: list[dict]) -> dict:
     """The row with the best (lowest) mean rank over the three metrics; ties go to the first listed."""
     ranks = [0.0] * len(rows)
@@ -151,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--max-shift", type=int,
+                        help="score with registration=shift at this max_shift (0: none; default: the run's own)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="the forward pass's precision (default: the run's trainer.precision)")
     parser.add_argument("--reference", choices=REFERENCES,
@@ -159,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in args.ckpts:
         module = load_module(path)
+        set_registration(module, args.max_shift)
         if not hasattr(module.net, "decoder"):
             parser.error(f"{path}: not a reconstruction model (its anomaly map has no source to choose)")
         items, errors, reference = checkpoint_errors(module, args.part, args.fraction, args.split_seed,

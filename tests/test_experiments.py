@@ -180,7 +180,10 @@ def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(compose_cfg, mode
     assert (cfg.model.scheduler.warmup_epochs, cfg.model.scheduler.cosine) == (5, True)
     assert cfg.model.optimizer.lr == (2e-3 if model == "vitmemad_real" else 1e-3)  # each model's best on validation
     assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 6.0)
-    assert (cfg.anomaly_map.image_score, cfg.anomaly_map.image_sigma) == ("max_and_z", 12.0)  # the pixels keep 6
+    assert (cfg.anomaly_map.image_score, cfg.anomaly_map.image_sigma) == ("max", None)  # MVTec's: the map's maximum
+    # both models score each image shifted onto the normal images' mean
+    assert cfg.model.registration == cfg.registration
+    assert (cfg.registration._target_, cfg.registration.max_shift) == ("vitmemad.models.ShiftRegistration", 4)
     assert cfg.data.augment is True and cfg.trainer.accelerator == "cpu"
     # the same denoising objective, handed to the module
     assert (cfg.corruption._target_, cfg.corruption.probability) == ("vitmemad.models.PatchSwap", 0.5)

@@ -32,6 +32,7 @@ from vitmemad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image
 from vitmemad.data.transforms import preprocess
 from vitmemad.models.anomaly_map import anomaly_maps
 from vitmemad.models.module import AnomalyModule
+from vitmemad.models.registration import registered_forward
 from vitmemad.utils.io import atomic_write_bytes
 from vitmemad.utils.visualize import render_overlay  # noqa: F401  (predict imports it from here)
 
@@ -89,14 +90,12 @@ class ScoringModel(nn.Module):
         super().__init__()
         self.net = module.net
         self.anomaly_map = module.anomaly_map
+        self.registration = getattr(module, "registration", None)
         self.bf16 = bool(bf16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.bf16:
-            with torch.autocast(images.device.type, dtype=torch.bfloat16):
-                out = self.net(images)
-        else:
-            out = self.net(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = registered_forward(self.net, self.registration, images)
         return anomaly_maps(self.anomaly_map, images, out)
 
 

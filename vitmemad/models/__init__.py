@@ -15,6 +15,7 @@ from .loss import ReconstructionLoss
 from .mean_image import MeanImage
 from .memory import MemoryModule
 from .patchcore import PatchCore
+from .registration import ShiftRegistration
 from .vitmemad import ViTMemAE
 
 #: the LightningModules, imported on first use: the nn.Modules above need neither Lightning nor the metrics
@@ -33,5 +34,6 @@ __all__ = [
     "AnomalyMapGenerator", "AnomalyModule", "CollectingModule", "ConvAutoencoder", "CoordinateAttention",
     "FeatureMemAE", "MeanImage", "MemoryModule",
     "PatchCore", "PatchCoreModule", "PatchSwap", "ReconstructionLoss", "ReconstructionModule",
+    "ShiftRegistration",
     "TransposedConvDecoder", "ViTEncoder", "ViTMemAE",
 ]

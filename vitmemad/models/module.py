@@ -15,17 +15,22 @@ from torch import nn
 
 from vitmemad.evaluation import TestEvaluator, mask_sizes
 
+from vitmemad.errors import ConfigError
+
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps
 from .recon_stats import ReconstructionFit
+from .registration import ShiftRegistration, registered_forward
 
 log = logging.getLogger(__name__)
 
 
 class AnomalyModule(L.LightningModule):
-    def __init__(self, net: nn.Module, anomaly_map: AnomalyMapGenerator, pro_fpr_limit: float = 0.3) -> None:
+    def __init__(self, net: nn.Module, anomaly_map: AnomalyMapGenerator, pro_fpr_limit: float = 0.3,
+                 registration: ShiftRegistration | None = None) -> None:
         super().__init__()
         self.net = net
         self.anomaly_map = anomaly_map
+        self.registration = registration  # test-time alignment onto the normal images (models/registration.py)
         self.evaluator = TestEvaluator(pro_fpr_limit)
         # Decision thresholds (vitmemad.callbacks.ThresholdCalibration), saved in checkpoints for predict.
         self.register_buffer("image_threshold", torch.tensor(float("nan")))
@@ -42,8 +47,32 @@ class AnomalyModule(L.LightningModule):
 
         Feature-space models (PatchCore, ``vitmemad_feat``) have no pixel reconstruction: None.
         """
-        out = self.net(images)
+        out = registered_forward(self.net, self.registration, images)
         return anomaly_maps(self.anomaly_map, images, out), out.get("reconstruction")
+
+    @property
+    def registers(self) -> bool:
+        """Whether scoring shifts each image onto the normal images' mean first (a set registration)."""
+        return self.registration is not None and bool(self.registration.ready)
+
+    def on_fit_start(self) -> None:
+        if self.registration is not None:
+            self.registration.set_reference(self.normal_mean_image())
+
+    @torch.no_grad()
+    def normal_mean_image(self) -> torch.Tensor:
+        """The mean (3, S, S) of the held-out normal validation images over every DDP rank: the registration's
+        reference (the same images the thresholds and the image score's statistics come from)."""
+        total, count = None, 0
+        for batch in self.trainer.datamodule.val_dataloader():
+            images = batch["image"].to(self.device).float()
+            total = images.sum(0) if total is None else total + images.sum(0)
+            count += len(images)
+        if not count:
+            raise ConfigError("registration needs normal validation images (data.val_fraction > 0): its reference "
+                              "is their mean image")
+        total = self.all_gather(total).reshape(-1, *total.shape).sum(0)
+        return total / self.all_gather(torch.tensor(float(count), device=self.device)).sum()
 
     # ------------------------------------------------------------- validation
     def validation_terms(self, images: torch.Tensor, out: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -54,7 +83,8 @@ class AnomalyModule(L.LightningModule):
         images = batch["image"]
         out = self.net(images)
         terms = self.validation_terms(images, out)
-        maps = anomaly_maps(self.anomaly_map, images, out)
+        # the maps as the test scores them (calibration): registered, which costs a second forward pass
+        maps = self.score(images)[0] if self.registers else anomaly_maps(self.anomaly_map, images, out)
         bs = images.shape[0]
         if getattr(self.net, "bypass_memory", False):
             # Without its memory the model is not the one we test: keep warm-up epochs out of `best`.

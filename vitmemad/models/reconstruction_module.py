@@ -12,9 +12,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from vitmemad.errors import ConfigError
+
 from .anomaly_map import AnomalyMapGenerator
+from .feature_ae import FeatureMemAE
 from .loss import ReconstructionLoss
 from .module import AnomalyModule
+from .registration import ShiftRegistration
 from .schedule import planned_epochs, steps_per_epoch
 
 
@@ -28,8 +32,12 @@ class ReconstructionModule(AnomalyModule):
         scheduler: Callable[..., Any] | None = None,
         corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
         pro_fpr_limit: float = 0.3,
+        registration: ShiftRegistration | None = None,
     ) -> None:
-        super().__init__(net, anomaly_map, pro_fpr_limit)
+        if registration is not None and isinstance(net, FeatureMemAE):
+            raise ConfigError("registration=shift needs a model that reconstructs pixels; model.net is a "
+                              "FeatureMemAE (vitmemad_feat), whose map is in feature space: use registration=none")
+        super().__init__(net, anomaly_map, pro_fpr_limit, registration)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
