@@ -116,3 +116,40 @@ def test_the_readout_map_is_the_memory_residual_of_the_models_own_forward(run):
         z_hat, _ = module.net.memory(z)
     expected = image_scores.resize_maps((z - z_hat).pow(2).sum(1), (size, size))[0]
     torch.testing.assert_close(residual_map, expected)
+
+
+def test_score_evidence_leaves_out_each_defect_and_borrows_a_mask_for_good_images():
+    import score_evidence
+
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[1, 2, 2] = masks[2, 5, 6] = True
+    out = score_evidence.left_out(masks, [0, 1, 1], dilate=0)
+    assert torch.equal(out[1], masks[1]) and torch.equal(out[2], masks[2])
+    assert torch.equal(out[0], masks[1])  # the good image loses the area of a defective one
+    dilated = score_evidence.left_out(masks, [0, 1, 1], dilate=1)
+    assert int(dilated[1].sum()) == 9 and bool(dilated[1, 1, 1]) and not bool(dilated[1, 4, 4])
+
+
+def test_score_evidence_whole_image_rows_are_the_pipelines_image_auroc(run, capsys):
+    import score_evidence
+
+    assert score_evidence.main([run["ckpt_path"], "--dilate", "0", "8"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    plain = [r for r in rows if r["score"] == "max"]
+    assert {r["dilate"] for r in plain} == {0, 8}
+    assert all(r["image_AUROC"] == pytest.approx(run["image_AUROC"], abs=1e-4) for r in plain)
+    assert {r["score"] for r in rows} == {"max", "normal_z", "max_and_z"}
+    assert all(0.0 <= r["outside_defects"] <= 1.0 for r in rows)
+
+
+def test_max_shift_scores_a_checkpoint_registered_and_zero_is_the_plain_pipeline(run, capsys):
+    plain = _rows(capsys, run["ckpt_path"], "--part", "all", "--sources", "l2", "--sigmas", "4", "--max-shift", "0")[0]
+    for key in select_map.METRICS:
+        assert plain[key] == pytest.approx(run[key], abs=1e-6), key
+    from vitmemad.inference import load_module
+
+    module = load_module(run["ckpt_path"])
+    select_map.set_registration(module, 2)
+    assert module.registers and module.registration.max_shift == 2
+    normal = torch.stack([i["image"] for i in select_map.normal_validation_items(module.run_config)])
+    torch.testing.assert_close(module.registration.reference, normal.mean(0))

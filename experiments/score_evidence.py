@@ -1,0 +1,93 @@
+"""Is an image score's evidence at the defects? Score every image as the pipeline does, and again with each
+defective image's (dilated) defect region left out of the maxima.
+
+    python experiments/score_evidence.py CKPT... [--part all|val|test] [--dilate 0 12 24] [--max-shift N]
+
+For each defective image the maxima are taken outside its defect mask dilated by ``--dilate`` model pixels; each
+good image leaves out the dilated mask of a defective image (in turn), so both kinds lose the same area. If the
+image AUROC of these "outside" scores stays where the whole-image score is, the score separates the images by
+something away from the defects (how the images were taken, say), not by the defects. Scores: the map's maximum
+(at the run's sigma) and the standardised scores ``normal_z`` / ``max_and_z`` at image sigma 6 and 12, calibrated
+on the run's normal validation images as ``ThresholdCalibration`` does. ``--max-shift``: as in select_map.py.
+One JSON line per checkpoint, dilation and score.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import select_map  # noqa: E402
+from image_scores import image_auroc  # noqa: E402
+from vitmemad.callbacks.thresholds import calibrate  # noqa: E402
+from vitmemad.inference import load_module  # noqa: E402
+from vitmemad.models.anomaly_map import AnomalyMapGenerator  # noqa: E402
+
+SCORES = (("max", None), ("normal_z", 6.0), ("normal_z", 12.0), ("max_and_z", 6.0), ("max_and_z", 12.0))
+
+
+def model_masks(items: list, size: int) -> torch.Tensor:
+    """(N, S, S) boolean defect masks at the model's resolution."""
+    return torch.stack([F.interpolate(item["mask"].float().reshape(1, 1, *item["mask"].shape[-2:]), size=(size, size),
+                                      mode="nearest")[0, 0] > 0 for item in items])
+
+
+def left_out(masks: torch.Tensor, labels: list[int], dilate: int) -> torch.Tensor:
+    """(N, S, S) regions each image's maxima leave out: its own dilated mask, or a defective image's for a good one."""
+    defective = [i for i, label in enumerate(labels) if label]
+    chosen = torch.stack([masks[i] if label else masks[defective[i % len(defective)]] for i, label in enumerate(labels)])
+    if dilate == 0:
+        return chosen
+    return F.max_pool2d(chosen.float()[:, None], 2 * dilate + 1, 1, dilate)[:, 0] > 0
+
+
+def evidence_rows(module, part: str, dilations: list[int]):
+    cfg = module.run_config
+    items = select_map.test_part(cfg, part, 0.5, 0)
+    labels = [int(item["label"]) for item in items]
+    source, sigma = cfg["anomaly_map"]["source"], float(cfg["anomaly_map"]["sigma"])
+    smoother = AnomalyMapGenerator(sigma=sigma)
+    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window)
+    normal = select_map.reference_errors(module, cfg, "32-true", "normal_mean")
+    maps = torch.cat([select_map.smoothed(errors, i, source, smoother) for i in range(len(items))])
+    normals = torch.cat([select_map.smoothed(normal, i, source, smoother) for i in range(len(normal["l2"]))])
+    masks = model_masks(items, maps.shape[-1])
+    for score, image_sigma in SCORES:
+        generator = AnomalyMapGenerator(sigma=sigma, image_size=maps.shape[-1], image_score=score,
+                                        image_sigma=image_sigma)
+        calibrate(generator, [normals])
+        parts = generator.score_parts(maps)
+        whole = image_auroc(generator.image_scores(maps).tolist(), labels)
+        for dilate in dilations:
+            out = left_out(masks, labels, dilate)
+            outside = generator.combine(torch.stack([p.masked_fill(out, float("-inf")).flatten(1).amax(1)
+                                                     for p in parts]))
+            yield {"score": score, "image_sigma": generator.image_sigma, "dilate": dilate,
+                   "image_AUROC": round(whole, 4), "outside_defects": round(image_auroc(outside.tolist(), labels), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpts", nargs="+")
+    parser.add_argument("--part", choices=["val", "test", "all"], default="all")
+    parser.add_argument("--dilate", nargs="+", type=int, default=[0, 12, 24])
+    parser.add_argument("--max-shift", type=int,
+                        help="score with registration=shift at this max_shift (0: none; default: the run's own)")
+    args = parser.parse_args(argv)
+    for path in args.ckpts:
+        module = load_module(path)
+        select_map.set_registration(module, args.max_shift)
+        for row in evidence_rows(module, args.part, args.dilate):
+            print(json.dumps({"ckpt": path, "part": args.part, "max_shift": args.max_shift, **row}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
