@@ -208,16 +208,17 @@ def _without_memory(cfg):
 
 
 def test_cpu_real_has_a_nearest_item_memory_and_its_variants_change_only_the_memory(compose_cfg):
-    """`experiment=cpu_real` reads each token out as its nearest of 1,000 EMA items; `cpu_real_vq` is the same
-    memory at 400 items, `cpu_real_paper_memory` the paper's soft memory (the preset before), and nothing else."""
+    """`experiment=cpu_real` reads each token out as 4 parts, each its nearest of 1,000 EMA items; `cpu_real_vq` is
+    the same memory at 400 items and whole tokens, `cpu_real_paper_memory` the paper's soft memory (the preset before), and nothing else."""
     variants = ("cpu_real", "cpu_real_vq", "cpu_real_paper_memory")
     preset, vq400, paper = (compose_cfg(f"experiment={e}") for e in variants)
     memory = preset.model.net.memory
-    assert tuple(memory[k] for k in ("addressing", "readout", "top_k", "update", "init", "size")) == (
-        "euclidean", "topk", 1, "ema", "coreset", 1000)
+    assert tuple(memory[k] for k in ("addressing", "readout", "top_k", "update", "init", "size", "groups")) == (
+        "euclidean", "topk", 1, "ema", "coreset", 1000, 4)
     assert memory.straight_through is True
     assert (preset.callbacks.memory_training.restart_every, preset.loss.lambda_mem) == (50, 0.2)
-    assert OmegaConf.to_container(vq400.model.net.memory) == {**OmegaConf.to_container(memory), "size": 400}
+    assert OmegaConf.to_container(vq400.model.net.memory) == {**OmegaConf.to_container(memory), "size": 400,
+                                                              "groups": 1}
     assert tuple(paper.model.net.memory[k] for k in ("addressing", "readout", "update", "init", "size")) == (
         "cosine", "soft", "gradient", "features", 400)
     assert paper.model.net.memory.straight_through is False
