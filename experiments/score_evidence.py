@@ -2,6 +2,7 @@
 defective image's (dilated) defect region left out of the maxima.
 
     python experiments/score_evidence.py CKPT... [--part all|val|test] [--dilate 0 12 24] [--max-shift N]
+    python experiments/score_evidence.py CKPT --offsets [--max-shift 6]
 
 For each defective image the maxima are taken outside its defect mask dilated by ``--dilate`` model pixels; each
 good image leaves out the dilated mask of a defective image (in turn), so both kinds lose the same area. If the
@@ -10,6 +11,10 @@ something away from the defects (how the images were taken, say), not by the def
 (at the run's sigma) and the standardised scores ``normal_z`` / ``max_and_z`` at image sigma 6 and 12, calibrated
 on the run's normal validation images as ``ThresholdCalibration`` does. ``--max-shift``: as in select_map.py.
 One JSON line per checkpoint, dilation and score.
+
+``--offsets`` prints instead the registration offsets (dy, dx) of the run's normal validation images and of each
+defect type of its test set, against the validation images' mean (``registration=shift`` at ``--max-shift``,
+default 6): whether the test images sit where the training images do.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import select_map  # noqa: E402
 from image_scores import image_auroc  # noqa: E402
 from vitmemad.callbacks.thresholds import calibrate  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
+from vitmemad.models import ShiftRegistration  # noqa: E402
 from vitmemad.models.anomaly_map import AnomalyMapGenerator  # noqa: E402
 
 SCORES = (("max", None), ("normal_z", 6.0), ("normal_z", 12.0), ("max_and_z", 6.0), ("max_and_z", 12.0))
@@ -73,6 +79,22 @@ def evidence_rows(module, part: str, dilations: list[int]):
                    "image_AUROC": round(whole, 4), "outside_defects": round(image_auroc(outside.tolist(), labels), 4)}
 
 
+def offset_rows(cfg: dict, max_shift: int):
+    """Mean and median registration offsets per group of images: the normal validation images, then each defect type."""
+    normal = torch.stack([item["image"] for item in select_map.normal_validation_items(cfg)])
+    registration = ShiftRegistration(max_shift, normal.shape[-1])
+    registration.set_reference(normal.mean(0))
+    dataset = select_map.run_datamodule(cfg, "test").test_dataset
+    groups: dict[str, list[torch.Tensor]] = {"validation (normal)": list(normal)}
+    for i, sample in enumerate(dataset.samples):
+        groups.setdefault(sample.defect, []).append(dataset[i]["image"])
+    for name, images in groups.items():
+        offsets = registration.offsets(torch.stack(images)).float()
+        yield {"images": name, "count": len(images), "mean_dy": round(float(offsets[:, 0].mean()), 2),
+               "mean_dx": round(float(offsets[:, 1].mean()), 2), "median_dy": float(offsets[:, 0].median()),
+               "median_dx": float(offsets[:, 1].median())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpts", nargs="+")
@@ -80,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dilate", nargs="+", type=int, default=[0, 12, 24])
     parser.add_argument("--max-shift", type=int,
                         help="score with registration=shift at this max_shift (0: none; default: the run's own)")
+    parser.add_argument("--offsets", action="store_true", help="print the registration offsets per defect type")
     args = parser.parse_args(argv)
     for path in args.ckpts:
         module = load_module(path)
+        if args.offsets:
+            for row in offset_rows(module.run_config, args.max_shift or 6):
+                print(json.dumps({"ckpt": path, **row}), flush=True)
+            continue
         select_map.set_registration(module, args.max_shift)
         for row in evidence_rows(module, args.part, args.dilate):
             print(json.dumps({"ckpt": path, "part": args.part, "max_shift": args.max_shift, **row}), flush=True)

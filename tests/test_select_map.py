@@ -153,3 +153,13 @@ def test_max_shift_scores_a_checkpoint_registered_and_zero_is_the_plain_pipeline
     assert module.registers and module.registration.max_shift == 2
     normal = torch.stack([i["image"] for i in select_map.normal_validation_items(module.run_config)])
     torch.testing.assert_close(module.registration.reference, normal.mean(0))
+
+
+def test_score_evidence_offsets_cover_the_validation_images_and_every_defect_type(run, capsys):
+    import score_evidence
+
+    assert score_evidence.main([run["ckpt_path"], "--offsets", "--max-shift", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["images"] == "validation (normal)" and rows[0]["count"] > 0
+    assert {r["images"] for r in rows[1:]} >= {"good"} and len(rows) >= 3
+    assert all(abs(r["mean_dx"]) <= 2 and abs(r["mean_dy"]) <= 2 for r in rows)
