@@ -13,9 +13,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from vitmemad.evaluation import TestEvaluator, mask_sizes
-
 from vitmemad.errors import ConfigError
+from vitmemad.evaluation import TestEvaluator, mask_sizes
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps
 from .recon_stats import ReconstructionFit
@@ -63,8 +62,12 @@ class AnomalyModule(L.LightningModule):
     def normal_mean_image(self) -> torch.Tensor:
         """The mean (3, S, S) of the held-out normal validation images over every DDP rank: the registration's
         reference (the same images the thresholds and the image score's statistics come from)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ConfigError("registration needs a datamodule with normal validation images: its reference is "
+                              "their mean image")
         total, count = None, 0
-        for batch in self.trainer.datamodule.val_dataloader():
+        for batch in datamodule.val_dataloader():
             images = batch["image"].to(self.device).float()
             total = images.sum(0) if total is None else total + images.sum(0)
             count += len(images)
