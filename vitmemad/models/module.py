@@ -56,7 +56,10 @@ class AnomalyModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.registration is not None:
-            self.registration.set_reference(self.normal_mean_image())
+            # an extra pass over the validation loader draws from the global RNG (its base seed): keep training's
+            # random stream what it is without registration, so a registered run trains the same weights
+            with torch.random.fork_rng(devices=[]):
+                self.registration.set_reference(self.normal_mean_image())
 
     @torch.no_grad()
     def normal_mean_image(self) -> torch.Tensor:
