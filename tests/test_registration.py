@@ -150,3 +150,17 @@ def test_tire_test_images_sit_off_the_training_position_and_bottle_test_images_d
     assert test[:, 1].float().median() >= 2  # moved right to meet the training images
     val, test = data_offsets(mvtec_root, "bottle")
     assert val.abs().max() <= 1 and test.abs().float().median() == 0
+
+
+def test_registration_changes_scoring_only_not_the_trained_weights(tmp_path):
+    """The reference pass at fit start must not move training's random stream: with and without registration a
+    seed trains the same net, so registered and unregistered runs compare checkpoints, not luck."""
+    nets = {}
+    for registration in ("none", "shift"):
+        run = tmp_path / registration
+        run_here("vitmemad.train", *TINY_DEMO, "corruption=patch_swap", f"registration={registration}", "num_threads=1",
+                 f"hydra.run.dir={run}")  # patch_swap draws from the global RNG at every training step
+        nets[registration] = load_module(read_metrics(run)["ckpt_path"]).net.state_dict()
+    assert nets["none"].keys() == nets["shift"].keys()
+    for key, value in nets["none"].items():
+        assert torch.equal(value, nets["shift"][key]), key
