@@ -164,3 +164,17 @@ def test_registration_changes_scoring_only_not_the_trained_weights(tmp_path):
     assert nets["none"].keys() == nets["shift"].keys()
     for key, value in nets["none"].items():
         assert torch.equal(value, nets["shift"][key]), key
+
+
+def test_the_reference_is_the_validation_images_mean_and_needs_some():
+    from types import SimpleNamespace
+
+    from vitmemad.errors import ConfigError
+    from vitmemad.models.registration import normal_mean_image
+
+    images = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    datamodule = SimpleNamespace(val_dataloader=lambda: [{"image": images[:2]}, {"image": images[2:]}])
+    torch.testing.assert_close(normal_mean_image(datamodule, torch.device("cpu")), images.mean(0))
+    for empty in (None, SimpleNamespace(val_dataloader=lambda: [])):
+        with pytest.raises(ConfigError, match="registration needs a datamodule with normal validation images"):
+            normal_mean_image(empty, torch.device("cpu"))

@@ -13,12 +13,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from vitmemad.errors import ConfigError
 from vitmemad.evaluation import TestEvaluator, mask_sizes
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps
 from .recon_stats import ReconstructionFit
-from .registration import ShiftRegistration, registered_forward
+from .registration import ShiftRegistration, normal_mean_image, registered_forward
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +58,8 @@ class AnomalyModule(L.LightningModule):
             # an extra pass over the validation loader draws from the global RNG (its base seed): keep training's
             # random stream what it is without registration, so a registered run trains the same weights
             with torch.random.fork_rng(devices=[]):
-                self.registration.set_reference(self.normal_mean_image())
-
-    @torch.no_grad()
-    def normal_mean_image(self) -> torch.Tensor:
-        """The mean (3, S, S) of the held-out normal validation images over every DDP rank: the registration's
-        reference (the same images the thresholds and the image score's statistics come from)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise ConfigError("registration needs a datamodule with normal validation images: its reference is "
-                              "their mean image")
-        total, count = None, 0
-        for batch in datamodule.val_dataloader():
-            images = batch["image"].to(self.device).float()
-            total = images.sum(0) if total is None else total + images.sum(0)
-            count += len(images)
-        if not count:
-            raise ConfigError("registration needs normal validation images (data.val_fraction > 0): its reference "
-                              "is their mean image")
-        total = self.all_gather(total).reshape(-1, *total.shape).sum(0)
-        return total / self.all_gather(torch.tensor(float(count), device=self.device)).sum()
+                datamodule = getattr(self.trainer, "datamodule", None)
+                self.registration.set_reference(normal_mean_image(datamodule, self.device, self.all_gather))
 
     # ------------------------------------------------------------- validation
     def validation_terms(self, images: torch.Tensor, out: dict[str, Any]) -> dict[str, torch.Tensor]:

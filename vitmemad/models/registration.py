@@ -12,10 +12,13 @@ that is already in place stays unshifted. Training never shifts its inputs.
 from __future__ import annotations
 
 import itertools
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vitmemad.errors import ConfigError
 
 
 class ShiftRegistration(nn.Module):
@@ -77,3 +80,20 @@ def registered_forward(net: nn.Module, registration: ShiftRegistration | None, i
     if out.get("reconstruction") is not None:
         out["reconstruction"] = registration.shift(out["reconstruction"], -offsets)
     return out
+
+
+@torch.no_grad()
+def normal_mean_image(datamodule: Any, device: torch.device,
+                      gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """The mean (3, S, S) of the datamodule's held-out normal validation images over every DDP rank (``gather``:
+    ``LightningModule.all_gather``): the registration's reference, from the images the thresholds come from."""
+    total, count = None, 0
+    for batch in datamodule.val_dataloader() if datamodule is not None else ():
+        images = batch["image"].to(device).float()
+        total = images.sum(0) if total is None else total + images.sum(0)
+        count += len(images)
+    if not count:
+        raise ConfigError("registration needs a datamodule with normal validation images (data.val_fraction > 0): "
+                          "its reference is their mean image")
+    total = gather(total).reshape(-1, *total.shape).sum(0)
+    return total / gather(torch.tensor(float(count), device=device)).sum()
