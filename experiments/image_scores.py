@@ -69,10 +69,9 @@ def map_variants(module, items: list, source: str, sigmas: list[float], precisio
             yield {"source": source, "sigma": sigma, "map": name, **scores_of(variant, items)}
 
 
-def image_sigma_variants(module, items: list, image_sigmas: list[float], precision: str):
-    """The run's own map scored as ``anomaly_map.image_score=max|normal_z|max_and_z`` with each ``image_sigma``:
-    ``ThresholdCalibration``'s own calibration on the run's normal validation images.
-    ``max`` is image AUROC (with pixel AUROC and PRO for the plain maximum's map at ``image_sigma``)."""
+def run_maps(module, items: list, precision: str) -> tuple[str, float, torch.Tensor, torch.Tensor]:
+    """The run's own map setting (source, sigma) and its maps, at model resolution, of ``items`` and of the run's
+    normal validation images (what ``ThresholdCalibration`` calibrates on)."""
     cfg = module.run_config["anomaly_map"]
     source, sigma = cfg["source"], float(cfg["sigma"])
     smoother = AnomalyMapGenerator(sigma=sigma)
@@ -80,6 +79,14 @@ def image_sigma_variants(module, items: list, image_sigmas: list[float], precisi
     normal = select_map.reference_errors(module, module.run_config, precision, "normal_mean")
     maps = torch.cat([select_map.smoothed(errors, i, source, smoother) for i in range(len(items))])
     normals = torch.cat([select_map.smoothed(normal, i, source, smoother) for i in range(len(normal["l2"]))])
+    return source, sigma, maps, normals
+
+
+def image_sigma_variants(module, items: list, image_sigmas: list[float], precision: str):
+    """The run's own map scored as ``anomaly_map.image_score=max|normal_z|max_and_z`` with each ``image_sigma``:
+    ``ThresholdCalibration``'s own calibration on the run's normal validation images.
+    ``max`` is image AUROC (with pixel AUROC and PRO for the plain maximum's map at ``image_sigma``)."""
+    source, sigma, maps, normals = run_maps(module, items, precision)
     labels, sizes = [int(item["label"]) for item in items], [tuple(item["mask"].shape[-2:]) for item in items]
     for image_sigma in image_sigmas:
         for score in IMAGE_SCORES:

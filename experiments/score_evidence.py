@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import select_map  # noqa: E402
-from image_scores import image_auroc  # noqa: E402
+from image_scores import image_auroc, run_maps  # noqa: E402
 from vitmemad.callbacks.thresholds import calibrate  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.models import ShiftRegistration  # noqa: E402
@@ -58,12 +58,7 @@ def evidence_rows(module, part: str, dilations: list[int]):
     cfg = module.run_config
     items = select_map.test_part(cfg, part, 0.5, 0)
     labels = [int(item["label"]) for item in items]
-    source, sigma = cfg["anomaly_map"]["source"], float(cfg["anomaly_map"]["sigma"])
-    smoother = AnomalyMapGenerator(sigma=sigma)
-    errors = select_map.raw_errors(module, items, module.anomaly_map.ssim_window)
-    normal = select_map.reference_errors(module, cfg, "32-true", "normal_mean")
-    maps = torch.cat([select_map.smoothed(errors, i, source, smoother) for i in range(len(items))])
-    normals = torch.cat([select_map.smoothed(normal, i, source, smoother) for i in range(len(normal["l2"]))])
+    _, sigma, maps, normals = run_maps(module, items, select_map.run_precision(cfg))
     masks = model_masks(items, maps.shape[-1])
     for score, image_sigma in SCORES:
         generator = AnomalyMapGenerator(sigma=sigma, image_size=maps.shape[-1], image_score=score,

@@ -33,7 +33,7 @@ from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import (  # noqa: E402
     REFERENCES, SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps)
 from vitmemad.models.module import AnomalyModule  # noqa: E402
-from vitmemad.models.registration import ShiftRegistration, registered_forward  # noqa: E402
+from vitmemad.models.registration import ShiftRegistration, normal_mean_image, registered_forward  # noqa: E402
 from vitmemad.trainer_precision import PRECISIONS, is_bf16  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "PRO")
@@ -140,10 +140,8 @@ def set_registration(module: AnomalyModule, max_shift: int | None) -> None:
         return
     module.registration = None
     if max_shift > 0:
-        size = int(module.run_config["data"]["image_size"])
-        registration = ShiftRegistration(max_shift, size)
-        registration.set_reference(torch.stack([item["image"].float()
-                                                for item in normal_validation_items(module.run_config)]).mean(0))
+        registration = ShiftRegistration(max_shift, int(module.run_config["data"]["image_size"]))
+        registration.set_reference(normal_mean_image(run_datamodule(module.run_config, "fit"), torch.device("cpu")))
         module.registration = registration
 
 
