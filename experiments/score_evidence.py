@@ -7,7 +7,9 @@ defective image's (dilated) defect region left out of the maxima.
 For each defective image the maxima are taken outside its defect mask dilated by ``--dilate`` model pixels; each
 good image leaves out the dilated mask of a defective image (in turn), so both kinds lose the same area. If the
 image AUROC of these "outside" scores stays where the whole-image score is, the score separates the images by
-something away from the defects (how the images were taken, say), not by the defects. Scores: the map's maximum
+something away from the defects (how the images were taken, say), not by the defects. ``at_defect`` is the share of
+defective images whose score comes from inside their dilated defect (the score falls when it is left out): where it
+is low, a defective image stands out, if at all, by a peak elsewhere. Scores: the map's maximum
 (at the run's sigma) and the standardised scores ``normal_z`` / ``max_and_z`` at image sigma 6 and 12, calibrated
 on the run's normal validation images as ``ThresholdCalibration`` does. ``--max-shift``: as in select_map.py.
 One JSON line per checkpoint, dilation and score.
@@ -54,6 +56,12 @@ def left_out(masks: torch.Tensor, labels: list[int], dilate: int) -> torch.Tenso
     return F.max_pool2d(chosen.float()[:, None], 2 * dilate + 1, 1, dilate)[:, 0] > 0
 
 
+def share_at_defect(whole: torch.Tensor, outside: torch.Tensor, labels: list[int]) -> float:
+    """The share of defective images whose score drops when their defect region is left out."""
+    defective = torch.tensor(labels, dtype=torch.bool)
+    return float((outside[defective] < whole[defective]).float().mean())
+
+
 def evidence_rows(module, part: str, dilations: list[int]):
     cfg = module.run_config
     items = select_map.test_part(cfg, part, 0.5, 0)
@@ -65,13 +73,15 @@ def evidence_rows(module, part: str, dilations: list[int]):
                                         image_sigma=image_sigma)
         calibrate(generator, [normals])
         parts = generator.score_parts(maps)
-        whole = image_auroc(generator.image_scores(maps).tolist(), labels)
+        scores = generator.image_scores(maps)
+        whole = image_auroc(scores.tolist(), labels)
         for dilate in dilations:
             out = left_out(masks, labels, dilate)
             outside = generator.combine(torch.stack([p.masked_fill(out, float("-inf")).flatten(1).amax(1)
                                                      for p in parts]))
             yield {"score": score, "image_sigma": generator.image_sigma, "dilate": dilate,
-                   "image_AUROC": round(whole, 4), "outside_defects": round(image_auroc(outside.tolist(), labels), 4)}
+                   "image_AUROC": round(whole, 4), "outside_defects": round(image_auroc(outside.tolist(), labels), 4),
+                   "at_defect": round(share_at_defect(scores, outside, labels), 4)}
 
 
 def offset_rows(cfg: dict, max_shift: int):

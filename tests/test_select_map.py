@@ -139,7 +139,16 @@ def test_score_evidence_whole_image_rows_are_the_pipelines_image_auroc(run, caps
     assert {r["dilate"] for r in plain} == {0, 8}
     assert all(r["image_AUROC"] == pytest.approx(run["image_AUROC"], abs=1e-4) for r in plain)
     assert {r["score"] for r in rows} == {"max", "normal_z", "max_and_z"}
-    assert all(0.0 <= r["outside_defects"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["outside_defects"] <= 1.0 and 0.0 <= r["at_defect"] <= 1.0 for r in rows)
+
+
+def test_score_evidence_at_defect_counts_defective_images_whose_score_drops():
+    import score_evidence
+
+    whole = torch.tensor([5.0, 3.0, 2.0, 4.0])
+    outside = torch.tensor([5.0, 1.0, 2.0, 4.0])  # only image 1's maximum was at its defect
+    assert score_evidence.share_at_defect(whole, outside, [0, 1, 1, 0]) == 0.5
+    assert score_evidence.share_at_defect(whole, outside, [1, 0, 1, 1]) == 0.0
 
 
 def test_max_shift_scores_a_checkpoint_registered_and_zero_is_the_plain_pipeline(run, capsys):
