@@ -45,7 +45,7 @@ def checkpoint_scores(path: str, part: str, fraction: float, split_seed: int) ->
     items = select_map.test_part(module.run_config, part, fraction, split_seed)
     normal = select_map.normal_validation_items(module.run_config)
     return {"scores": whole_image_scores(model, items), "normal": whole_image_scores(model, normal),
-            "labels": [int(item["label"]) for item in items], "paths": [str(item.get("path")) for item in items]}
+            "labels": [int(item["label"]) for item in items], "paths": [str(item["path"]) for item in items]}
 
 
 def standardised(scores: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
