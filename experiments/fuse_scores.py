@@ -3,7 +3,7 @@
     python experiments/fuse_scores.py FIRST_CKPT SECOND_CKPT... [--part val|test|all] [--weights 0.25 0.5 0.75]
 
 Each checkpoint scores the chosen part of the test set as its pipeline does (``ScoringModel``: its own map,
-registration and resolution; the map's maximum at the mask's size) and its held-out normal validation images the
+registration, resolution and image score, at the mask's size) and its held-out normal validation images the
 same way. Each score is standardised by that model's normal validation scores, so that the two scales meet, and
 the fused score is ``w * z_first + (1 - w) * z_second`` for each weight (and their maximum, ``max``). Also
 printed: each model's own image AUROC and the correlation of the two standardised scores over the part's images
@@ -24,17 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import select_map  # noqa: E402
 from image_scores import image_auroc  # noqa: E402
 from vitmemad.inference import ScoringModel, load_module  # noqa: E402
-from vitmemad.models.anomaly_map import resize_maps  # noqa: E402
 
 
 @torch.no_grad()
 def whole_image_scores(model: ScoringModel, items: list) -> torch.Tensor:
-    """The pipeline's image scores: each map's maximum at its image's native (mask) size."""
-    scores = []
-    for item in items:
-        amap = model(item["image"][None].float())
-        scores.append(resize_maps(amap, tuple(item["mask"].shape[-2:])).amax())
-    return torch.stack(scores).float()
+    """The pipeline's image scores: the run's own ``anomaly_map.image_score`` at each image's native (mask) size."""
+    return torch.cat([model.anomaly_map.image_scores(model(item["image"][None].float()),
+                                                     [tuple(item["mask"].shape[-2:])]) for item in items]).float()
 
 
 def checkpoint_scores(path: str, part: str, fraction: float, split_seed: int) -> dict:
