@@ -1,6 +1,6 @@
 """Choose the anomaly map (source and smoothing sigma) of trained checkpoints on the LABELLED VALIDATION half.
 
-    python experiments/select_map.py CKPT... [--sources l2 ssim both] [--sigmas 0 2 4 8] [--part val]
+    python experiments/select_map.py CKPT... [--sources l2 ssim both gms all] [--sigmas 0 2 4 8] [--part val]
                                              [--fraction 0.5] [--split-seed 0] [--out FILE.json]
                                              [--precision 32-true|bf16-mixed]
 
@@ -31,7 +31,7 @@ from vitmemad.data.labelled_split import stratified_split  # noqa: E402
 from vitmemad.inference import load_module  # noqa: E402
 from vitmemad.metrics import ImageAUROC, PixelAUROC, pro_score  # noqa: E402
 from vitmemad.models.anomaly_map import (  # noqa: E402
-    REFERENCES, SOURCE_TERMS, SOURCES, AnomalyMapGenerator, error_term, resize_maps)
+    REFERENCES, SOURCE_TERMS, SOURCES, TERMS, AnomalyMapGenerator, error_term, resize_maps)
 from vitmemad.models.module import AnomalyModule  # noqa: E402
 from vitmemad.models.registration import ShiftRegistration, normal_mean_image, registered_forward  # noqa: E402
 from vitmemad.trainer_precision import PRECISIONS, is_bf16  # noqa: E402
@@ -59,10 +59,10 @@ def test_part(cfg: dict, part: str, fraction: float, split_seed: int):
 @torch.no_grad()
 def raw_errors(module: AnomalyModule, items: list, ssim_window: int,
                precision: str = "32-true") -> dict[str, list[torch.Tensor]]:
-    """Unsmoothed per-pixel L2 and 1 - SSIM maps (S, S) of every item, at the model's resolution: the
-    pipeline's own error terms (``anomaly_map.error_term``), one list per term. ``precision`` is the forward
+    """Unsmoothed per-pixel error maps (S, S) of every item (L2, 1 - SSIM, 1 - MSGMS), at the model's resolution:
+    the pipeline's own error terms (``anomaly_map.error_term``), one list per term. ``precision`` is the forward
     pass's, as ``trainer.precision`` spells it (``bf16-mixed``: under autocast, as the run tested)."""
-    errors: dict[str, list[torch.Tensor]] = {"l2": [], "ssim": []}
+    errors: dict[str, list[torch.Tensor]] = {term: [] for term in TERMS}
     for item in items:
         image = item["image"][None].float()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=is_bf16(precision)):

@@ -179,7 +179,7 @@ def test_cpu_real_gives_the_baseline_the_same_schedule_and_map(compose_cfg, mode
     assert cfg.model.scheduler._target_ == "vitmemad.models.schedule.warmup_cosine"
     assert (cfg.model.scheduler.warmup_epochs, cfg.model.scheduler.cosine) == (5, True)
     assert cfg.model.optimizer.lr == (2e-3 if model == "vitmemad_real" else 1e-3)  # each model's best on validation
-    assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("both", 6.0)
+    assert (cfg.anomaly_map.source, cfg.anomaly_map.sigma) == ("all", 3.0)
     assert (cfg.anomaly_map.image_score, cfg.anomaly_map.image_sigma) == ("max", None)  # MVTec's: the map's maximum
     # both models score each image shifted onto the normal images' mean
     assert cfg.model.registration == cfg.registration

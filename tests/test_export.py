@@ -75,9 +75,9 @@ def test_export_cli_default_path_and_no_silent_overwrite(tmp_path, ckpt):
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary file left behind
 
 
-@pytest.mark.parametrize("source", ["both"])
+@pytest.mark.parametrize("source", ["both", "all"])
 def test_ssim_anomaly_maps_export(tmp_path, ckpt, source):
-    """The 1 - SSIM source (kornia's SSIM, Gaussian window) exports too."""
+    """The 1 - SSIM and 1 - MSGMS terms (kornia's SSIM and filters) export too."""
     raw = load_checkpoint(ckpt)
     cfg = raw["hyper_parameters"]["cfg"]
     cfg["anomaly_map"] = {**cfg["anomaly_map"], "source": source}

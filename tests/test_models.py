@@ -7,7 +7,7 @@ import kornia
 import pytest
 import torch
 
-from vitmemad.models.anomaly_map import AnomalyMapGenerator, resize_maps
+from vitmemad.models.anomaly_map import AnomalyMapGenerator, error_term, msgms_error, resize_maps
 from vitmemad.models.cae import ConvAutoencoder
 from vitmemad.models.coreset import greedy_coreset
 from vitmemad.models.coord_attention import CoordinateAttention
@@ -204,7 +204,7 @@ def test_anomaly_map_sources_and_resize():
     x = torch.zeros(1, 3, 32, 32)
     r = x.clone()
     r[:, :, 10:14, 20:24] = 1.0
-    for source in ("l2", "ssim", "both"):
+    for source in ("l2", "ssim", "both", "gms", "all"):
         m = AnomalyMapGenerator(source=source, sigma=2.0)(x, r)
         assert m.shape == (1, 32, 32)
         assert m[0, 12, 22] > m[0, 28, 4]
@@ -213,6 +213,21 @@ def test_anomaly_map_sources_and_resize():
     assert resize_maps(sharp, (96, 64)).shape == (1, 96, 64)
     with pytest.raises(ValueError, match="source"):
         AnomalyMapGenerator(source="l1")
+
+
+def test_msgms_error_reads_edges_not_brightness():
+    """1 - MSGMS is 0 for a copy and for a uniformly brighter copy (same edges), which L2 is not; a missing edge
+    scores near 1 along it, and the sum of terms ``all`` is l2 + ssim + gms."""
+    x = torch.full((1, 3, 64, 64), -0.5)
+    x[:, :, 20:40, 20:40] = 0.5  # a bright square: edges along its border
+    brighter = x + 0.2
+    assert msgms_error(x, x).abs().max() < 1e-6
+    assert msgms_error(x, brighter).abs().max() < 1e-6 and error_term("l2", x, brighter).min() > 0.03
+    flat = torch.full_like(x, -0.5)  # the square missing from the reconstruction
+    gms = msgms_error(x, flat)
+    assert gms[0, 20, 30] > 0.99 and gms[0, 30, 30] < 0.3 and gms[0, 5, 5] < 0.01  # its border, inside, far away
+    terms = sum(error_term(term, x, flat) for term in ("l2", "ssim", "gms"))
+    torch.testing.assert_close(AnomalyMapGenerator(source="all", sigma=0)(x, flat), terms)
 
 
 def test_ssim_map_is_one_for_identical_images():

@@ -40,6 +40,18 @@ def test_whole_test_set_l2_reproduces_the_pipeline_metrics(run, capsys):
         assert row[key] == pytest.approx(run[key], abs=1e-6), key
 
 
+def test_the_all_source_is_the_pipelines_map_as_eval_writes_it(run, capsys, tmp_path):
+    """L2 + SSIM + MSGMS scored here equals `vitmemad eval` of the same checkpoint with that map."""
+    row = _rows(capsys, run["ckpt_path"], "--part", "all", "--sources", "all", "--sigmas", "3")[0]
+    run_here("vitmemad.eval", f"ckpt_path={run['ckpt_path']}", "anomaly_map.source=all", "anomaly_map.sigma=3",
+             "num_threads=1", f"hydra.run.dir={tmp_path}")
+    evaluated = read_metrics(tmp_path)
+    assert (evaluated["anomaly_map"]["source"], evaluated["anomaly_map"]["sigma"]) == ("all", 3.0)
+    for key in select_map.METRICS:
+        assert row[key] == pytest.approx(evaluated[key], abs=1e-6), key
+    assert row["PRO"] != pytest.approx(run["PRO"], abs=1e-9)  # not the run's own l2 map at sigma 4
+
+
 @pytest.fixture(scope="module")
 def referenced_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train_referenced")

@@ -1,7 +1,10 @@
 """Anomaly maps from reconstruction error, smoothed and brought to the mask's resolution.
 
-The map is the per-pixel L2 error (mean over channels), the 1 - SSIM map, or their sum; it is
-smoothed with a Gaussian (paper sec. 4.2, post-processing) and resized to the ground-truth size.
+The map is a sum of per-pixel error terms (``anomaly_map.source``): the L2 error (mean over channels), 1 - SSIM,
+and (not in the paper) 1 - multi-scale gradient magnitude similarity (MSGMS, from RIAD, Zavrtanik et al., Pattern
+Recognition 2021): it compares the strength of local edges at 4 scales, so a missing or added edge counts however
+bright the pixels around it are. The sum is smoothed with a Gaussian (paper sec. 4.2, post-processing) and resized
+to the ground-truth size.
 The image score is the map's maximum, as MVTec's official evaluation takes it.
 
 ``reference="normal_mean"`` (not in the paper) subtracts the mean map of the held-out normal validation images,
@@ -35,14 +38,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
+from kornia.filters import filter2d, gaussian_blur2d
 from torch import nn
 
 from .loss import ssim_map
 from .precision import float32_region
 
-# The per-pixel error terms each source adds up; "both" is their sum.
-SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim")}
+# The per-pixel error terms each source adds up; "both" is L2 + SSIM (the paper's two), "all" adds MSGMS.
+SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim"), "gms": ("gms",),
+                "all": ("l2", "ssim", "gms")}
+TERMS = ("l2", "ssim", "gms")
 SOURCES = tuple(SOURCE_TERMS)
 REFERENCES = ("none", "normal_mean")
 IMAGE_SCORES = ("max", "normal_z", "max_and_z")
@@ -63,10 +68,42 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur2d(maps[:, None], (ksize, ksize), (sigma, sigma), border_type="reflect")[:, 0]
 
 
+# Prewitt kernels (RIAD's gradient): a unit step between -1 and 1, the images' range, has magnitude 2.
+PREWITT = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
+GMS_SCALES = 4  # full, 1/2, 1/4, 1/8 resolution, as RIAD
+GMS_C = 0.0026  # stabilising constant (RIAD's), in squared gradient units of the [-1, 1] images
+
+
+def gradient_magnitude(gray: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 1, H, W) Prewitt gradient magnitude, replicated borders."""
+    kernel = PREWITT.to(gray)[None]
+    gx = filter2d(gray, kernel, border_type="replicate")
+    gy = filter2d(gray, kernel.transpose(1, 2), border_type="replicate")
+    return (gx ** 2 + gy ** 2).sqrt()
+
+
+def msgms_error(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) 1 - multi-scale gradient magnitude similarity of the grey images, each scale's map upsampled
+    bilinearly and the scales averaged (RIAD). 0 where both images have the same edges, up to 1 where one has an
+    edge the other lacks."""
+    a, b = x.mean(dim=1, keepdim=True), reconstruction.mean(dim=1, keepdim=True)
+    total = torch.zeros_like(a)
+    for scale in range(GMS_SCALES):
+        if scale:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        ga, gb = gradient_magnitude(a), gradient_magnitude(b)
+        gms = (2 * ga * gb + GMS_C) / (ga ** 2 + gb ** 2 + GMS_C)
+        total = total + F.interpolate(1.0 - gms, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return total[:, 0] / GMS_SCALES
+
+
 def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_window: int = 11) -> torch.Tensor:
-    """One unsmoothed (B, H, W) error term of float32 images: squared error or 1 - SSIM, averaged over channels."""
+    """One unsmoothed (B, H, W) error term of float32 images: squared error or 1 - SSIM, averaged over channels,
+    or 1 - MSGMS of the grey images."""
     if term == "l2":
         return ((x - reconstruction) ** 2).mean(dim=1)
+    if term == "gms":
+        return msgms_error(x, reconstruction)
     return (1.0 - ssim_map(x, reconstruction, ssim_window)).mean(dim=1)
 
 
