@@ -185,6 +185,19 @@ def test_loss_terms():
     assert same["l2"] == 0 and same["ssim"].abs() < 1e-5 and same["entropy"] == 0
 
 
+def test_gms_loss_term_is_the_maps_gms_and_trains_a_flat_reconstruction():
+    """lambda_gms adds the mean of the anomaly map's 1 - MSGMS term; off, it is neither computed nor logged. Its
+    gradient stays finite where the reconstruction is flat (zero gradient magnitude)."""
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    flat = torch.zeros_like(x, requires_grad=True)
+    assert "gms" not in ReconstructionLoss()(x, flat)
+    terms = ReconstructionLoss(lambda_ssim=0.5, lambda_gms=2.0)(x, flat)
+    torch.testing.assert_close(terms["gms"], error_term("gms", x, flat.detach()).mean())
+    torch.testing.assert_close(terms["loss"], terms["l2"] + 0.5 * terms["ssim"] + 2.0 * terms["gms"])
+    terms["loss"].backward()
+    assert torch.isfinite(flat.grad).all() and flat.grad.abs().sum() > 0
+
+
 def test_entropy_loss_extremes_and_minimising_sharpens():
     n = 8
     torch.testing.assert_close(entropy_loss(torch.full((5, n), 1 / n)), torch.tensor(math.log(n)))

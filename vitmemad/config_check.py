@@ -72,6 +72,7 @@ TRAIN_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("loss.lambda_ssim", non_negative, "a number >= 0"),
     ("loss.lambda_ent", non_negative, "a number >= 0"),
     ("loss.lambda_mem", non_negative, "a number >= 0"),
+    ("loss.lambda_gms", non_negative, "a number >= 0"),
     ("loss.mem_commitment", non_negative, "a number >= 0"),
     ("anomaly_map.reference", one_of("none", "normal_mean"), "none or normal_mean"),
     ("threshold.image_quantile", probability, "a number in [0, 1]"),

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import filter2d, gaussian_blur2d
+from kornia.filters import gaussian_blur2d
 from torch import nn
 
-from .loss import ssim_map
+from .loss import msgms_error, ssim_map
 from .precision import float32_region
 
 # The per-pixel error terms each source adds up; "both" is L2 + SSIM (the paper's two), "all" adds MSGMS.
@@ -66,35 +66,6 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
         return maps
     ksize = 2 * kernel_radius(sigma) + 1
     return gaussian_blur2d(maps[:, None], (ksize, ksize), (sigma, sigma), border_type="reflect")[:, 0]
-
-
-# Prewitt kernels (RIAD's gradient): a unit step between -1 and 1, the images' range, has magnitude 2.
-PREWITT = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
-GMS_SCALES = 4  # full, 1/2, 1/4, 1/8 resolution, as RIAD
-GMS_C = 0.0026  # stabilising constant (RIAD's), in squared gradient units of the [-1, 1] images
-
-
-def gradient_magnitude(gray: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, 1, H, W) Prewitt gradient magnitude, replicated borders."""
-    kernel = PREWITT.to(gray)[None]
-    gx = filter2d(gray, kernel, border_type="replicate")
-    gy = filter2d(gray, kernel.transpose(1, 2), border_type="replicate")
-    return (gx ** 2 + gy ** 2).sqrt()
-
-
-def msgms_error(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) 1 - multi-scale gradient magnitude similarity of the grey images, each scale's map upsampled
-    bilinearly and the scales averaged (RIAD). 0 where both images have the same edges, up to 1 where one has an
-    edge the other lacks."""
-    a, b = x.mean(dim=1, keepdim=True), reconstruction.mean(dim=1, keepdim=True)
-    total = torch.zeros_like(a)
-    for scale in range(GMS_SCALES):
-        if scale:
-            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-        ga, gb = gradient_magnitude(a), gradient_magnitude(b)
-        gms = (2 * ga * gb + GMS_C) / (ga ** 2 + gb ** 2 + GMS_C)
-        total = total + F.interpolate(1.0 - gms, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return total[:, 0] / GMS_SCALES
 
 
 def error_term(term: str, x: torch.Tensor, reconstruction: torch.Tensor, ssim_window: int = 11) -> torch.Tensor:
