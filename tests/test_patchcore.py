@@ -207,6 +207,9 @@ def test_patchcore_checkpoint_evaluates_and_predicts(patchcore_run, tmp_path):
     trained, evaluated = read_metrics(patchcore_run), read_metrics(eval_dir)
     for key in ("image_AUROC", "pixel_AUROC", "PRO"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6)
+    refused = run_here("vitmemad.eval", f"ckpt_path={ckpt}", "registration=shift",
+                       f"hydra.run.dir={tmp_path / 'refused'}", check=False)
+    assert refused.returncode == 2 and "not a reconstruction model" in refused.stderr
     demo = write_demo_dataset(tmp_path / "demo", "brick", crop_size=64, n_train=1, n_test_good=1, n_test_defect=2)
     inputs = [demo / "test" / "good" / "000.png", demo / "test" / "scratch" / "000.png"]
     out = tmp_path / "preds"

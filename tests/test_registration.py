@@ -4,19 +4,23 @@ not scored as anomalous everywhere."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY_DEMO, read_metrics, run_here
+from helpers import REPO_ROOT, TINY_DEMO, read_metrics, run_here
 from vitmemad.data import write_demo_dataset
 from vitmemad.data.io import load_image
 from vitmemad.data.transforms import preprocess
 from vitmemad.inference import load_module
 from vitmemad.models import AnomalyMapGenerator, MeanImage, ShiftRegistration
 from vitmemad.models.registration import registered_forward
+
+sys.path.insert(0, str(REPO_ROOT / "experiments"))
+import select_map  # noqa: E402
 
 SIZE = 32
 
@@ -100,6 +104,16 @@ def test_a_registered_run_sets_its_reference_scores_and_exports_the_same_maps(tm
     assert isinstance(registration, ShiftRegistration) and bool(registration.ready) and module.registers
     assert registration.reference.abs().sum() > 0  # the normal validation images' mean, saved with the weights
     assert record["pixel_AUROC"] is not None
+    # eval keeps the checkpoint's registration unless told; registration=none scores it where each image is
+    for name, override in (("kept", []), ("none", ["registration=none"])):
+        run_here("vitmemad.eval", f"ckpt_path={record['ckpt_path']}", *override, f"hydra.run.dir={tmp_path / name}")
+    assert read_metrics(tmp_path / "kept")["PRO"] == pytest.approx(record["PRO"], abs=1e-9)
+    scored = tmp_path / "unregistered.json"  # select_map's --max-shift 0: the same checkpoint scored unregistered
+    select_map.main([record["ckpt_path"], "--part", "all", "--sources", "l2", "--sigmas", "4", "--max-shift", "0",
+                     "--out", str(scored)])
+    unregistered = json.loads(scored.read_text())[0]
+    for key in ("image_AUROC", "pixel_AUROC", "PRO"):
+        assert read_metrics(tmp_path / "none")[key] == pytest.approx(unregistered[key], abs=1e-6), key
 
     demo = write_demo_dataset(tmp_path / "demo", "brick", crop_size=64, n_train=1, n_test_good=2, n_test_defect=2)
     out = tmp_path / "predictions"

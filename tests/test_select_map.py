@@ -176,6 +176,18 @@ def test_max_shift_scores_a_checkpoint_registered_and_zero_is_the_plain_pipeline
     torch.testing.assert_close(module.registration.reference, normal.mean(0))
 
 
+def test_eval_registers_a_checkpoint_trained_without_registration_as_select_map_does(run, capsys, tmp_path):
+    """`vitmemad eval registration=shift` scores an unregistered run registered (its reference: the run's normal
+    validation images' mean), with the figures select_map's --max-shift gives; unset, the checkpoint's own."""
+    registered = _rows(capsys, run["ckpt_path"], "--part", "all", "--sources", "l2", "--sigmas", "4",
+                       "--max-shift", "2")[0]
+    run_here("vitmemad.eval", f"ckpt_path={run['ckpt_path']}", "registration=shift", "registration.max_shift=2",
+             "num_threads=1", f"hydra.run.dir={tmp_path / 'shift'}")
+    record = read_metrics(tmp_path / "shift")
+    for key in select_map.METRICS:
+        assert record[key] == pytest.approx(registered[key], abs=1e-6), key
+
+
 def test_score_evidence_offsets_cover_the_validation_images_and_every_defect_type(run, capsys):
     import score_evidence
 

@@ -8,6 +8,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vitmemad import cli, config, pipeline, trainer_precision
@@ -15,6 +16,7 @@ from vitmemad.build import build_datamodule, build_module
 from vitmemad.callbacks import ExampleGrid, LogProgress, MemoryDiagnostics
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.errors import ConfigError
+from vitmemad.models.registration import normal_mean_image
 
 log = logging.getLogger(__name__)
 OVERRIDABLE = ("data", "anomaly_map", "metrics")
@@ -32,15 +34,45 @@ def apply_overrides(run_cfg: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     return run_cfg
 
 
+def apply_registration(run_cfg: dict[str, Any], cfg: DictConfig) -> None:
+    """``registration=shift|none`` on the command line replaces the checkpoint's test-time registration, so a run
+    trained before (or with) registration can be scored either way; absent, the checkpoint's own is kept."""
+    if "registration" not in cfg:
+        return
+    if "registration" not in run_cfg["model"]:
+        raise ConfigError(f"registration={'none' if cfg.registration is None else 'shift'}: {cfg.ckpt_path} is not a "
+                          "reconstruction model; registration applies only to models that reconstruct pixels")
+    given = None
+    if cfg.registration is not None:
+        given = OmegaConf.to_container(cfg.registration, resolve=False)
+        given["image_size"] = int(run_cfg["data"]["image_size"])  # the run's input size, not eval's (unset) one
+    run_cfg["registration"] = run_cfg["model"]["registration"] = given
+
+
+def load_weights(module, state_dict: dict[str, Any], datamodule, source: str) -> None:
+    """The checkpoint's weights; a registration the checkpoint does not carry gets its reference (the mean normal
+    validation image) here, as a run computes it at fit start, and one it carries but eval dropped is ignored."""
+    wanted = {k for k in module.state_dict() if k.startswith("registration.")}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("registration.") or k in wanted}
+    if wanted - set(state_dict):
+        state_dict = {**state_dict, **{k: v for k, v in module.state_dict().items() if k in wanted}}
+    load_state_dict_strict(module, state_dict, source)
+    registration = getattr(module, "registration", None)
+    if registration is not None and not bool(registration.ready):
+        datamodule.setup("fit")
+        registration.set_reference(normal_mean_image(datamodule, torch.device("cpu")))
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path)
     run_cfg = apply_overrides(ckpt["hyper_parameters"]["cfg"], cfg)
+    apply_registration(run_cfg, cfg)
     L.seed_everything(run_cfg.get("seed", 0), workers=True)
     pipeline.configure_threads(cfg.get("num_threads"))
     module = build_module(run_cfg["model"])
-    load_state_dict_strict(module, ckpt["state_dict"], cfg.ckpt_path)
     datamodule = build_datamodule(run_cfg["data"])
+    load_weights(module, ckpt["state_dict"], datamodule, cfg.ckpt_path)
     if not getattr(datamodule, "has_anomalies", True):
         raise ConfigError(f"nothing to test: the test set of {cfg.ckpt_path} has no abnormal images; "
                           "give data.abnormal_dir=DIR [data.mask_dir=DIR]")
