@@ -39,9 +39,10 @@ def apply_registration(run_cfg: dict[str, Any], cfg: DictConfig) -> None:
     trained before (or with) registration can be scored either way; absent, the checkpoint's own is kept."""
     if "registration" not in cfg:
         return
-    if "registration" not in run_cfg["model"]:
+    if not str(run_cfg["model"].get("_target_", "")).endswith("ReconstructionModule"):  # PatchCore, the mean image
         raise ConfigError(f"registration={'none' if cfg.registration is None else 'shift'}: {cfg.ckpt_path} is not a "
-                          "reconstruction model; registration applies only to models that reconstruct pixels")
+                          "reconstruction model (a ReconstructionModule: the ViT models, the CAE); registration "
+                          "applies only to those")
     given = None
     if cfg.registration is not None:
         given = OmegaConf.to_container(cfg.registration, resolve=False)
