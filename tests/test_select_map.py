@@ -186,6 +186,13 @@ def test_eval_registers_a_checkpoint_trained_without_registration_as_select_map_
     record = read_metrics(tmp_path / "shift")
     for key in select_map.METRICS:
         assert record[key] == pytest.approx(registered[key], abs=1e-6), key
+    # a checkpoint written before the model config had a registration key is registered the same way
+    ckpt = torch.load(run["ckpt_path"], map_location="cpu", weights_only=False)
+    del ckpt["hyper_parameters"]["cfg"]["model"]["registration"], ckpt["hyper_parameters"]["cfg"]["registration"]
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    run_here("vitmemad.eval", f"ckpt_path={tmp_path / 'older.ckpt'}", "registration=shift", "registration.max_shift=2",
+             "num_threads=1", f"hydra.run.dir={tmp_path / 'older'}")
+    assert read_metrics(tmp_path / "older")["PRO"] == pytest.approx(registered["PRO"], abs=1e-6)
 
 
 def test_score_evidence_offsets_cover_the_validation_images_and_every_defect_type(run, capsys):
