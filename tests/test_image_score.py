@@ -241,3 +241,23 @@ def test_a_run_with_a_standardised_score_tests_predicts_and_refuses_export(tmp_p
 
     refused = run_here("vitmemad.export", f"ckpt_path={record['ckpt_path']}", "format=onnx", check=False)
     assert refused.returncode == 2 and f"anomaly_map.image_score={image_score} is not exported" in refused.stderr
+
+
+def test_eval_with_another_map_recalibrates_what_the_map_needs(tmp_path):
+    """A standardised score's normal statistics and the thresholds belong to the map they were computed on: eval with
+    another sigma recomputes them on the normal validation images, so it reports what a run trained with that sigma
+    (the same weights: the map changes nothing in training) reports. Switched to the plain maximum, the saved
+    statistics are dropped and the run scores as one trained with it."""
+    common = [*TINY_DEMO, "anomaly_map.image_score=max_and_z", "num_threads=1"]
+    for name, sigma in (("a", 4), ("b", 2)):
+        run_here("vitmemad.train", *common, f"anomaly_map.sigma={sigma}", f"hydra.run.dir={tmp_path / name}")
+    run_here("vitmemad.train", *TINY_DEMO, "num_threads=1", "anomaly_map.sigma=2", f"hydra.run.dir={tmp_path / 'max'}")
+    trained_a = read_metrics(tmp_path / "a")
+    for name, overrides in (("b", ["anomaly_map.sigma=2"]), ("max", ["anomaly_map.sigma=2", "anomaly_map.image_score=max"])):
+        run_here("vitmemad.eval", f"ckpt_path={trained_a['ckpt_path']}", *overrides, "num_threads=1",
+                 f"hydra.run.dir={tmp_path / ('eval_' + name)}")
+        evaluated, trained = read_metrics(tmp_path / f"eval_{name}"), read_metrics(tmp_path / name)
+        for key in ("image_AUROC", "pixel_AUROC", "PRO"):
+            assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), (name, key)
+    evaluated = read_metrics(tmp_path / "eval_b")
+    assert [k for k in ("pixel_AUROC", "PRO") if evaluated[k] != pytest.approx(trained_a[k], abs=1e-9)]  # sigma moved

@@ -1,6 +1,7 @@
 """`python -m vitmemad.eval ckpt_path=PATH [overrides]`: test a checkpoint, write metrics.json."""
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitmemad import cli, config, pipeline, trainer_precision
 from vitmemad.build import build_datamodule, build_module
-from vitmemad.callbacks import ExampleGrid, LogProgress, MemoryDiagnostics
+from vitmemad.callbacks import ExampleGrid, LogProgress, MemoryDiagnostics, ThresholdCalibration
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.errors import ConfigError
 from vitmemad.models.registration import normal_mean_image
@@ -50,13 +51,18 @@ def apply_registration(run_cfg: dict[str, Any], cfg: DictConfig) -> None:
     run_cfg["registration"] = run_cfg["model"]["registration"] = given
 
 
+# Buffers of scoring options eval may switch: present in the module but not the checkpoint, they start fresh and are
+# calibrated before testing; present only in the checkpoint, they belong to an option switched off.
+SCORING_BUFFERS = ("registration.", "anomaly_map.")
+
+
 def load_weights(module, state_dict: dict[str, Any], datamodule, source: str) -> None:
     """The checkpoint's weights; a registration the checkpoint does not carry gets its reference (the mean normal
-    validation image) here, as a run computes it at fit start, and one it carries but eval dropped is ignored."""
-    wanted = {k for k in module.state_dict() if k.startswith("registration.")}
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("registration.") or k in wanted}
-    if wanted - set(state_dict):
-        state_dict = {**state_dict, **{k: v for k, v in module.state_dict().items() if k in wanted}}
+    validation image) here, as a run computes it at fit start."""
+    own = module.state_dict()
+    scoring = {k for k in set(own) | set(state_dict) if k.startswith(SCORING_BUFFERS)}
+    state_dict = {k: v for k, v in state_dict.items() if k not in scoring or k in own}
+    state_dict.update({k: own[k] for k in scoring & set(own) - set(state_dict)})
     load_state_dict_strict(module, state_dict, source)
     registration = getattr(module, "registration", None)
     if registration is not None and not bool(registration.ready):
@@ -64,9 +70,26 @@ def load_weights(module, state_dict: dict[str, Any], datamodule, source: str) ->
         registration.set_reference(normal_mean_image(datamodule, torch.device("cpu")))
 
 
+def scoring(run_cfg: dict[str, Any]) -> tuple:
+    """What decides how a checkpoint's images are scored: its map and its registration."""
+    return copy.deepcopy((run_cfg.get("anomaly_map"), run_cfg["model"].get("registration")))
+
+
+def recalibrate(cfg: DictConfig, run_cfg: dict[str, Any], module, datamodule) -> None:
+    """A changed map or registration gets the statistics of normal validation images and the thresholds a run
+    computes at every validation (ThresholdCalibration), not the stale ones saved for the checkpoint's own map."""
+    calibration = ThresholdCalibration(**run_cfg.get("threshold", {}))
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[calibration],
+                                      enable_progress_bar=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    log.info("scoring differs from the checkpoint's: normal statistics and thresholds recalibrated on the "
+             "validation images (image threshold %.4g)", float(module.image_threshold))
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path)
+    saved = scoring(ckpt["hyper_parameters"]["cfg"])
     run_cfg = apply_overrides(ckpt["hyper_parameters"]["cfg"], cfg)
     apply_registration(run_cfg, cfg)
     L.seed_everything(run_cfg.get("seed", 0), workers=True)
@@ -78,6 +101,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"nothing to test: the test set of {cfg.ckpt_path} has no abnormal images; "
                           "give data.abnormal_dir=DIR [data.mask_dir=DIR]")
     trainer_precision.resolve_trainer(cfg.trainer)
+    if scoring(run_cfg) != saved:
+        recalibrate(cfg, run_cfg, module, datamodule)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=False, max_epochs=1, callbacks=[ExampleGrid(), MemoryDiagnostics(), LogProgress()]
     )  # LogProgress: no progress bar without a terminal
