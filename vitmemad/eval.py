@@ -56,18 +56,13 @@ def apply_registration(run_cfg: dict[str, Any], cfg: DictConfig) -> None:
 SCORING_BUFFERS = ("registration.", "anomaly_map.")
 
 
-def load_weights(module, state_dict: dict[str, Any], datamodule, source: str) -> None:
-    """The checkpoint's weights; a registration the checkpoint does not carry gets its reference (the mean normal
-    validation image) here, as a run computes it at fit start."""
+def load_weights(module, state_dict: dict[str, Any], source: str) -> None:
+    """The checkpoint's weights, with the scoring buffers of the options eval has switched on or off."""
     own = module.state_dict()
     scoring = {k for k in set(own) | set(state_dict) if k.startswith(SCORING_BUFFERS)}
     state_dict = {k: v for k, v in state_dict.items() if k not in scoring or k in own}
     state_dict.update({k: own[k] for k in scoring & set(own) - set(state_dict)})
     load_state_dict_strict(module, state_dict, source)
-    registration = getattr(module, "registration", None)
-    if registration is not None and not bool(registration.ready):
-        datamodule.setup("fit")
-        registration.set_reference(normal_mean_image(datamodule, torch.device("cpu")))
 
 
 def scoring(run_cfg: dict[str, Any]) -> tuple:
@@ -77,7 +72,13 @@ def scoring(run_cfg: dict[str, Any]) -> tuple:
 
 def recalibrate(cfg: DictConfig, run_cfg: dict[str, Any], module, datamodule) -> None:
     """A changed map or registration gets the statistics of normal validation images and the thresholds a run
-    computes at every validation (ThresholdCalibration), not the stale ones saved for the checkpoint's own map."""
+    computes at every validation (ThresholdCalibration), not the stale ones saved for the checkpoint's own map. A
+    registration the checkpoint did not carry first gets its reference, the mean normal validation image, as a run
+    sets it at fit start."""
+    registration = getattr(module, "registration", None)
+    if registration is not None and not bool(registration.ready):
+        datamodule.setup("fit")
+        registration.set_reference(normal_mean_image(datamodule, torch.device("cpu")))
     calibration = ThresholdCalibration(**run_cfg.get("threshold", {}))
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[calibration],
                                       enable_progress_bar=False)
@@ -96,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pipeline.configure_threads(cfg.get("num_threads"))
     module = build_module(run_cfg["model"])
     datamodule = build_datamodule(run_cfg["data"])
-    load_weights(module, ckpt["state_dict"], datamodule, cfg.ckpt_path)
+    load_weights(module, ckpt["state_dict"], cfg.ckpt_path)
     if not getattr(datamodule, "has_anomalies", True):
         raise ConfigError(f"nothing to test: the test set of {cfg.ckpt_path} has no abnormal images; "
                           "give data.abnormal_dir=DIR [data.mask_dir=DIR]")
