@@ -8,7 +8,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,7 +16,6 @@ from vitmemad.build import build_datamodule, build_module
 from vitmemad.callbacks import ExampleGrid, LogProgress, MemoryDiagnostics, ThresholdCalibration
 from vitmemad.checkpoint import load_checkpoint, load_state_dict_strict
 from vitmemad.errors import ConfigError
-from vitmemad.models.registration import normal_mean_image
 
 log = logging.getLogger(__name__)
 OVERRIDABLE = ("data", "anomaly_map", "metrics")
@@ -73,12 +71,8 @@ def scoring(run_cfg: dict[str, Any]) -> tuple:
 def recalibrate(cfg: DictConfig, run_cfg: dict[str, Any], module, datamodule) -> None:
     """A changed map or registration gets the statistics of normal validation images and the thresholds a run
     computes at every validation (ThresholdCalibration), not the stale ones saved for the checkpoint's own map. A
-    registration the checkpoint did not carry first gets its reference, the mean normal validation image, as a run
-    sets it at fit start."""
-    registration = getattr(module, "registration", None)
-    if registration is not None and not bool(registration.ready):
-        datamodule.setup("fit")
-        registration.set_reference(normal_mean_image(datamodule, torch.device("cpu")))
+    registration the checkpoint did not carry gets its reference at the start of that validation (the module's
+    ``on_validation_start``)."""
     calibration = ThresholdCalibration(**run_cfg.get("threshold", {}))
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[calibration],
                                       enable_progress_bar=False)

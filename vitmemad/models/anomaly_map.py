@@ -47,7 +47,7 @@ from .precision import float32_region
 # The per-pixel error terms each source adds up; "both" is L2 + SSIM (the paper's two), "all" adds MSGMS.
 SOURCE_TERMS = {"l2": ("l2",), "ssim": ("ssim",), "both": ("l2", "ssim"), "gms": ("gms",),
                 "all": ("l2", "ssim", "gms")}
-TERMS = ("l2", "ssim", "gms")
+TERMS = SOURCE_TERMS["all"]  # every term
 SOURCES = tuple(SOURCE_TERMS)
 REFERENCES = ("none", "normal_mean")
 IMAGE_SCORES = ("max", "normal_z", "max_and_z")
