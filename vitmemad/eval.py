@@ -8,6 +8,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -71,8 +72,12 @@ def scoring(run_cfg: dict[str, Any]) -> tuple:
 def recalibrate(cfg: DictConfig, run_cfg: dict[str, Any], module, datamodule) -> None:
     """A changed map or registration gets the statistics of normal validation images and the thresholds a run
     computes at every validation (ThresholdCalibration), not the stale ones saved for the checkpoint's own map. A
-    registration the checkpoint did not carry gets its reference at the start of that validation (the module's
-    ``on_validation_start``)."""
+    registration the checkpoint did not carry first gets its reference, the mean normal validation image, as a run
+    sets it at fit start."""
+    registration = getattr(module, "registration", None)
+    if registration is not None and not bool(registration.ready):
+        datamodule.setup("fit")
+        registration.reference_from(datamodule, torch.device("cpu"))
     calibration = ThresholdCalibration(**run_cfg.get("threshold", {}))
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[calibration],
                                       enable_progress_bar=False)

@@ -17,7 +17,7 @@ from vitmemad.evaluation import TestEvaluator, mask_sizes
 
 from .anomaly_map import AnomalyMapGenerator, anomaly_maps
 from .recon_stats import ReconstructionFit
-from .registration import ShiftRegistration, normal_mean_image, registered_forward
+from .registration import ShiftRegistration, registered_forward
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,7 @@ class AnomalyModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.registration is not None:
-            self.set_registration_reference()
-
-    def on_validation_start(self) -> None:
-        # a registration the weights were not trained with (vitmemad eval registration=shift) has no reference yet
-        if self.registration is not None and not bool(self.registration.ready):
-            self.set_registration_reference()
-
-    def set_registration_reference(self) -> None:
-        """The registration's reference: the mean of the trainer's datamodule's normal validation images."""
-        # an extra pass over the validation loader draws from the global RNG (its base seed): keep training's
-        # random stream what it is without registration, so a registered run trains the same weights
-        with torch.random.fork_rng(devices=[]):
-            datamodule = getattr(self.trainer, "datamodule", None)
-            self.registration.set_reference(normal_mean_image(datamodule, self.device, self.all_gather))
+            self.registration.reference_from(getattr(self.trainer, "datamodule", None), self.device, self.all_gather)
 
     # ------------------------------------------------------------- validation
     def validation_terms(self, images: torch.Tensor, out: dict[str, Any]) -> dict[str, torch.Tensor]:

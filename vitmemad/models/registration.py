@@ -40,6 +40,14 @@ class ShiftRegistration(nn.Module):
         self.reference.copy_(mean_image.to(self.reference))
         self.ready.fill_(True)
 
+    def reference_from(self, datamodule: Any, device: torch.device,
+                       gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        """Set the reference to the mean of the datamodule's normal validation images (``normal_mean_image``). The
+        pass over their loader draws from the global RNG (its base seed): forked, so a registered run trains the
+        weights it would train without registration."""
+        with torch.random.fork_rng(devices=[]):
+            self.set_reference(normal_mean_image(datamodule, device, gather))
+
     @torch.no_grad()
     def offsets(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, 2) shifts (dy, dx) that move each image's content onto the reference,
